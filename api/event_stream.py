@@ -1,0 +1,66 @@
+"""A job's events as Server-Sent Events: from its Redis stream, or rebuilt from its row."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+from sse_starlette import ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from shared import crud, events
+from shared.broker import get_async_redis
+from shared.db import open_session
+from shared.events import Event
+from shared.models import Job
+from shared.states import TERMINAL
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 2000  # how long one read waits before the job row is consulted
+
+
+def _sse(event: Event) -> ServerSentEvent:
+    return ServerSentEvent(data=event.to_json(), event=event.type, id=event.id)
+
+
+def _load(job_id: str) -> Job | None:
+    with open_session() as session:
+        return crud.get_job(session=session, job_id=job_id)
+
+
+def _from_row(job: Job, after: str, resumed: bool) -> list[Event]:
+    """The row's events after `after`; a resumed client always gets the terminal one."""
+    replayed = events.replay_from_row(job)
+    later = [event for event in replayed if not resumed or events.is_after(event.id, after)]
+    if resumed and not any(event.is_terminal for event in later):
+        later.append(replayed[-1])
+    return later
+
+
+async def job_events(job_id: str, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
+    """Every event after `last_event_id` (all when None), ending with the terminal one."""
+    redis = get_async_redis()
+    cursor = last_event_id or "0-0"
+    resumed = last_event_id is not None
+    while True:
+        try:
+            batch = await events.read_after(redis, job_id, cursor, block_ms=BLOCK_MS)
+        except RedisError:
+            log.warning("event stream of job %s unreadable; falling back to its row", job_id)
+            batch = []
+            await asyncio.sleep(BLOCK_MS / 1000)
+        for event in batch:
+            yield _sse(event)
+            cursor, resumed = event.id, True
+            if event.is_terminal:
+                return
+        if batch:
+            continue
+        # Nothing new: the stream may have expired, been flushed, or lost its final event.
+        job = await run_in_threadpool(_load, job_id)
+        if job is None or job.status not in TERMINAL:
+            continue
+        for event in _from_row(job, cursor, resumed):
+            yield _sse(event)
+        return

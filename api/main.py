@@ -1,0 +1,41 @@
+"""The FastAPI application: wiring only."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimitMiddleware, RequestIDMiddleware
+from api.routes import health, jobs, keys
+from shared import crud
+from shared.config import get_settings
+from shared.db import open_session
+from shared.logs import configure_logging
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    if settings.admin_api_key is not None:
+        with open_session() as session:
+            crud.ensure_admin_key(session=session, key=settings.admin_api_key.get_secret_value())
+    yield
+
+
+def create_app() -> FastAPI:
+    """Build the API app from the settings."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="Kiln",
+        summary="A queue-backed job engine for LLM work.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIDMiddleware)
+    for router in (jobs.router, keys.router, health.router):
+        app.include_router(router)
+    return app

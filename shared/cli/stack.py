@@ -1,0 +1,149 @@
+"""A supervisor for the whole stack on one machine: API, workers, reconciler and Flower as
+child processes, restarted when they die and stopped together."""
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.embedded_redis import EmbeddedRedis, answers
+
+log = logging.getLogger(__name__)
+
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+STOP_GRACE_S = 5.0  # after SIGTERM, how long a child gets before SIGKILL
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+KILN = [sys.executable, "-m", "shared.cli"]
+
+
+@dataclass
+class Service:
+    """One supervised child process."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    not_before: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+@dataclass
+class Stack:
+    """What `kiln up` and `kiln demo` run."""
+
+    data_dir: Path
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    flower_port: int | None = None
+    flower_auth: str | None = None
+    own_redis: bool = False  # always start an embedded Redis (demo, tests)
+    worker_concurrency: int = 2
+    log_dir: Path | None = None  # children's output goes to files here instead of the terminal
+    services: dict[str, Service] = field(default_factory=dict)
+    redis: EmbeddedRedis | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def resolve_redis(self) -> str:
+        """KILN_REDIS_URL if set; else a local Redis that answers; else an embedded one."""
+        if url := self.env.get("KILN_REDIS_URL"):
+            return url
+        if not self.own_redis and answers(LOCAL_REDIS_URL):
+            return LOCAL_REDIS_URL
+        self.redis = EmbeddedRedis(self.data_dir / "redis", persist=not self.own_redis)
+        return self.redis.start()
+
+    def start(self) -> None:
+        """Start Redis if needed, then every service."""
+        self.env["KILN_REDIS_URL"] = self.resolve_redis()
+        api = ["uvicorn", "api.main:create_app", "--factory", "--no-access-log"]
+        api += ["--host", "127.0.0.1", "--port", str(self.port)]
+        queues = [
+            ("worker-gpu", "gpu", 1),
+            ("worker-io", "io,callbacks", self.worker_concurrency),
+        ]
+        self.services["api"] = Service("api", [sys.executable, "-m", *api])
+        for name, queue_list, concurrency in queues:
+            argv = [*KILN, "worker", "--queues", queue_list, "--concurrency", str(concurrency)]
+            self.services[name] = Service(name, [*argv, "--name", f"{name}@%h"])
+        self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"])
+        if self.flower_port is not None:
+            flower = [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
+            flower += [f"--port={self.flower_port}", "--address=127.0.0.1"]
+            if self.flower_auth:
+                flower.append(f"--basic_auth={self.flower_auth}")
+            self.services["flower"] = Service("flower", flower)
+        for service in self.services.values():
+            self._spawn(service)
+
+    def _spawn(self, service: Service) -> None:
+        env = {**os.environ, **self.env}
+        # Each child leads its own process group, so Ctrl-C reaches only the supervisor,
+        # which then stops every child (and the child's own children) in order.
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"{service.name}.log").open("ab")
+        service.process = subprocess.Popen(
+            service.argv, env=env, stdout=output, stderr=output, start_new_session=True
+        )
+        if output is not None:
+            output.close()
+        log.info("started %s (pid %d)", service.name, service.process.pid)
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart dead services, with back-off, until `stop` is set."""
+        while not stop.wait(0.2):
+            now = time.monotonic()
+            for service in self.services.values():
+                if service.process is None or service.process.poll() is None:
+                    continue
+                if service.not_before == 0.0:
+                    delay = RESTART_BACKOFF_S[min(service.restarts, len(RESTART_BACKOFF_S) - 1)]
+                    service.not_before = now + delay
+                    log.warning(
+                        "%s exited with %s; restarting in %.1fs",
+                        service.name,
+                        service.process.returncode,
+                        delay,
+                    )
+                elif now >= service.not_before:
+                    service.restarts += 1
+                    service.not_before = 0.0
+                    self._spawn(service)
+
+    def stop(self) -> None:
+        """Stop every service and the embedded Redis; nothing is left running."""
+        for service in self.services.values():
+            _signal_group(service, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for service in self.services.values():
+            if service.process is None:
+                continue
+            try:
+                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", service.name)
+            _signal_group(service, signal.SIGKILL)
+            service.process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _signal_group(service: Service, signum: signal.Signals) -> None:
+    if service.process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.process.pid, signum)

@@ -1,0 +1,76 @@
+"""Kiln's one settings object: every `KILN_*` environment variable, read once and validated."""
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LLMProviderName(StrEnum):
+    """Which backend runs inference."""
+
+    ollama = "ollama"  # an Ollama server at KILN_OLLAMA_URL
+    template = "template"  # deterministic text, no model: demos and CI
+
+
+class Settings(BaseSettings):
+    """Configuration from `KILN_*` variables and an optional `.env`; nothing else reads the env."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".kiln"), description="Where SQLite, embedded Redis and keys live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file kiln.db in the data dir."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL; unset: 127.0.0.1:6379 if it answers, else an embedded Redis."
+    )
+    llm_provider: LLMProviderName = Field(LLMProviderName.ollama, description="ollama | template")
+    ollama_url: str = Field("http://127.0.0.1:11434", description="The Ollama server.")
+    default_model: str = Field("llama3.2:1b", description="Model used when a job names none.")
+    admin_api_key: SecretStr | None = Field(
+        None, description="Bootstraps the admin API key; `kiln up` generates one when unset."
+    )
+    public_url: str | None = Field(
+        None, description="Base URL clients reach Kiln at; default: the URL of each request."
+    )
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    job_max_attempts: int = Field(3, ge=1, description="Runs a job gets before it fails.")
+    lease_seconds: float = Field(30.0, gt=0, description="How long a running job's lease lasts.")
+    reconcile_interval_seconds: float = Field(
+        2.0, gt=0, description="How often the reconciler looks for lost and stalled jobs."
+    )
+    requeue_after_seconds: float = Field(
+        5.0, ge=0, description="Age after which a queued job with no message is re-enqueued."
+    )
+    llm_retries: int = Field(3, ge=0, description="Retries when the LLM backend is unreachable.")
+    flower_port: int = Field(5555, description="Port Flower listens on.")
+    flower_basic_auth: SecretStr | None = Field(None, description="Flower's `user:password`.")
+    log_level: str = Field("INFO", description="Log level of every Kiln process.")
+
+    @field_validator("database_url", "redis_url", "public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def broker_url(self) -> str:
+        """The Redis URL every process uses; `kiln up` sets KILN_REDIS_URL for its children."""
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the driver Kiln uses (psycopg 3 for PostgreSQL)."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'kiln.db').resolve()}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url.removeprefix(prefix)
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read on first use."""
+    return Settings()

@@ -1,0 +1,57 @@
+"""The provider interface every LLM backend implements, and the values it exchanges."""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+TokenSink = Callable[[str], None]
+"""Receives each generated text delta, in order."""
+
+StopCheck = Callable[[], bool]
+"""Answers True once the job was canceled; providers ask it between tokens."""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One completion request, as the `generate` job kind's input describes it."""
+
+    prompt: str
+    model: str
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    format: dict[str, Any] | str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """A finished completion with the counts and durations (nanoseconds) the backend reported."""
+
+    response: str
+    model: str
+    provider: str
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_duration: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LLMProvider(Protocol):
+    """A backend that turns a prompt into streamed text."""
+
+    name: str
+
+    def generate(
+        self, request: GenerateRequest, *, on_token: TokenSink, should_stop: StopCheck
+    ) -> GenerateResult:
+        """Stream the completion through `on_token`; raise `JobCanceled` once `should_stop()`.
+
+        Raises `LLMUnavailable` when the backend cannot be reached, `ModelNotFound` for an
+        unknown model and `LLMFailed` when the backend reports an error, also mid-stream.
+        """
+        ...

@@ -1,0 +1,126 @@
+"""The Ollama backend: streams `/api/generate` and maps Ollama's failures onto Kiln's errors."""
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from shared.exceptions import JobCanceled, LLMFailed, LLMUnavailable, ModelNotFound
+from shared.llm.base import GenerateRequest, GenerateResult, StopCheck, TokenSink
+
+
+class OllamaProvider:
+    """Talks to one Ollama server over its native HTTP API."""
+
+    name = "ollama"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client: httpx.Client | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 300.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        # The read timeout bounds the wait for each streamed line, not the whole generation.
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._owns_client = client is None
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def generate(
+        self, request: GenerateRequest, *, on_token: TokenSink, should_stop: StopCheck
+    ) -> GenerateResult:
+        """Stream one completion; see `LLMProvider.generate` for the errors it raises."""
+        body: dict[str, Any] = {"model": request.model, "prompt": request.prompt, "stream": True}
+        optional = {"system": request.system, "options": request.options, "format": request.format}
+        body.update({key: value for key, value in optional.items() if value})
+        url = f"{self.base_url}/api/generate"
+        deltas: list[str] = []
+        with self._errors_mapped(), self._client.stream("POST", url, json=body) as response:
+            _raise_for_status(response)
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                chunk = _parse_line(line)
+                if "error" in chunk:
+                    raise LLMFailed(str(chunk["error"]))
+                if delta := chunk.get("response"):
+                    deltas.append(delta)
+                    on_token(delta)
+                if chunk.get("done"):
+                    return _result("".join(deltas), chunk, fallback_model=request.model)
+                if should_stop():
+                    raise JobCanceled()  # leaving the `with` closes the response
+        raise LLMUnavailable(f"Ollama at {self.base_url}: stream ended before completion")
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The models Ollama has pulled, as `/api/tags` lists them."""
+        with self._errors_mapped():
+            response = self._client.get(f"{self.base_url}/api/tags")
+        _raise_for_status(response)
+        models: list[dict[str, Any]] = response.json().get("models", [])
+        return models
+
+    def close(self) -> None:
+        """Close the HTTP client, unless it was injected (its owner closes it)."""
+        if self._owns_client:
+            self._client.close()
+
+    @contextmanager
+    def _errors_mapped(self) -> Iterator[None]:
+        """Turn httpx's transport errors into `LLMUnavailable`, keeping tracebacks out of it."""
+        try:
+            yield
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
+            raise LLMUnavailable(f"Ollama at {self.base_url} could not be reached") from exc
+        except httpx.TimeoutException as exc:
+            raise LLMUnavailable(f"Ollama at {self.base_url} timed out") from exc
+        except httpx.TransportError as exc:  # RemoteProtocolError, ReadError: the peer hung up
+            raise LLMUnavailable(
+                f"Ollama at {self.base_url} dropped the connection: stream ended before completion"
+            ) from exc
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    """Raise Kiln's error for a non-2xx answer, carrying Ollama's own `error` message."""
+    if response.is_success:
+        return
+    response.read()
+    try:
+        message: str | None = str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        message = None  # not Ollama's JSON error: a proxy's page, or the wrong base URL
+    if response.status_code == 404 and message is not None:
+        raise ModelNotFound(message)
+    message = message or f"Ollama answered {response.status_code}: {response.text.strip()[:200]}"
+    if response.status_code in (502, 503, 504):  # a proxy or a server still starting up
+        raise LLMUnavailable(message)
+    raise LLMFailed(message)
+
+
+def _parse_line(line: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(line)
+    except ValueError as exc:
+        raise LLMFailed(f"Ollama sent a line that is not JSON: {line[:200]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise LLMFailed(f"Ollama sent a line that is not a JSON object: {line[:200]!r}")
+    return chunk
+
+
+def _result(response: str, final: dict[str, Any], *, fallback_model: str) -> GenerateResult:
+    return GenerateResult(
+        response=response,
+        model=final.get("model") or fallback_model,
+        provider=OllamaProvider.name,
+        done_reason=final.get("done_reason"),
+        prompt_eval_count=final.get("prompt_eval_count"),
+        eval_count=final.get("eval_count"),
+        total_duration=final.get("total_duration"),
+        load_duration=final.get("load_duration"),
+        prompt_eval_duration=final.get("prompt_eval_duration"),
+        eval_duration=final.get("eval_duration"),
+    )

@@ -1,0 +1,305 @@
+"""A fake Ollama server speaking Ollama's real HTTP wire format over loopback, for tests.
+
+Run it in-process (`with FakeOllama() as fake: fake.url`) or as its own process, which tests can
+kill and restart: `python -m tests.fakes.ollama --port N [--token-delay S]`.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEFAULT_MODELS = ("llama3.2:1b",)
+VERSION = "0.5.7"
+NDJSON = "application/x-ndjson"
+DEFAULT_ERROR = "an error was encountered while running the model: unexpected EOF"
+
+# Durations are a function of the counts, so a test can predict every stat exactly.
+LOAD_NS = 5_000_000
+PROMPT_EVAL_NS_PER_TOKEN = 1_000_000
+EVAL_NS_PER_TOKEN = 10_000_000
+
+_START_TIMEOUT = 10.0
+
+
+class _Disconnect(Exception):
+    """Raised inside a streaming body to cut the connection, as a crashed Ollama would."""
+
+
+def _hide_planned_disconnects(record: logging.LogRecord) -> bool:
+    """Keep uvicorn from logging a traceback for every disconnect a test asked for."""
+    return not (record.exc_info and isinstance(record.exc_info[1], _Disconnect))
+
+
+logging.getLogger("uvicorn.error").addFilter(_hide_planned_disconnects)
+
+
+class FakeOllama:
+    """An Ollama look-alike; its knobs are plain attributes, read on every request."""
+
+    def __init__(
+        self,
+        models: Iterable[str] = DEFAULT_MODELS,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token_delay: float = 0.0,
+    ) -> None:
+        self.models = list(models)
+        self.token_delay = token_delay  # seconds before each token: slow mode
+        self.disconnect_after: int | None = None  # cut the connection after N tokens
+        self.error_after: int | None = None  # send an `{"error": ...}` line after N tokens
+        self.error_message = DEFAULT_ERROR
+        self.requests: list[dict[str, Any]] = []  # bodies of /api/generate, in arrival order
+
+        self.host = host
+        self._socket: socket.socket | None = _bind(host, port)
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.app = Starlette(
+            routes=[
+                Route("/", self._root),
+                Route("/api/version", self._version),
+                Route("/api/tags", self._tags),
+                Route("/api/generate", self._generate, methods=["POST"]),
+            ]
+        )
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Serve in a background thread; after `stop()` this serves again on the same port."""
+        self._server = self._new_server(log_config=None, access_log=False)
+        self._thread = threading.Thread(
+            target=self._server.run, args=([self._take_socket()],), daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"FakeOllama did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Shut down; streams still running are cut, like a stopped Ollama cuts them."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=_START_TIMEOUT)
+        self._server = self._thread = None
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGINT or SIGTERM (the `python -m` entry point)."""
+        sock = self._take_socket()
+        sock.listen()  # queue early clients instead of refusing them while uvicorn starts
+        print(f"FakeOllama listening on {self.url}", flush=True)
+        self._server = self._new_server()
+        self._server.run([sock])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _new_server(self, **config: Any) -> uvicorn.Server:
+        return uvicorn.Server(uvicorn.Config(self.app, lifespan="off", ws="none", **config))
+
+    def _take_socket(self) -> socket.socket:
+        """The bound socket, handed over once: uvicorn closes it when it shuts down."""
+        sock = self._socket or _bind(self.host, self.port)
+        self._socket = None
+        return sock
+
+    def _stopping(self) -> bool:
+        return self._server is not None and self._server.should_exit
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep like a slow model, but wake up when the server is stopping."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.05))
+
+    async def _root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def _version(self, request: Request) -> Response:
+        return JSONResponse({"version": VERSION})
+
+    async def _tags(self, request: Request) -> Response:
+        return JSONResponse({"models": [_model_entry(name) for name in self.models]})
+
+    async def _generate(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid request body")
+        if not isinstance(body, dict):
+            return _error(400, "invalid request body")
+        self.requests.append(body)
+        model = body.get("model")
+        if not model:
+            return _error(400, "model is required")
+        if _tagged(model) not in {_tagged(name) for name in self.models}:
+            return _error(404, f'model "{model}" not found, try pulling it first')
+
+        tokens, done_reason = _tokens(body)
+        final = _final(model, body, eval_count=len(tokens), done_reason=done_reason)
+        if body.get("stream") is not False:  # Ollama streams unless told not to
+            return StreamingResponse(self._stream(model, tokens, final), media_type=NDJSON)
+        return await self._whole(tokens, final)
+
+    async def _stream(
+        self, model: str, tokens: list[str], final: dict[str, Any]
+    ) -> AsyncIterator[str]:
+        for sent, token in enumerate(tokens):
+            if sent == self.error_after:
+                yield _line({"error": self.error_message})
+                return
+            if sent == self.disconnect_after:
+                raise _Disconnect()
+            await self._pause(self.token_delay)
+            if self._stopping():
+                raise _Disconnect()
+            yield _line({"model": model, "created_at": _now(), "response": token, "done": False})
+        if self.error_after is not None and self.error_after >= len(tokens):
+            yield _line({"error": self.error_message})
+        elif self.disconnect_after is not None and self.disconnect_after >= len(tokens):
+            raise _Disconnect()
+        else:
+            yield _line({**final, "created_at": _now()})
+
+    async def _whole(self, tokens: list[str], final: dict[str, Any]) -> Response:
+        """Answer `stream: false` the way Ollama does: one JSON object, once generation ends."""
+        await self._pause(self.token_delay * len(tokens))
+        if self.error_after is not None:
+            return _error(500, self.error_message)
+        body = json.dumps({**final, "response": "".join(tokens)}).encode()
+        if self.disconnect_after is None:
+            return Response(body, media_type="application/json; charset=utf-8")
+
+        async def cut() -> AsyncIterator[bytes]:
+            yield body[: len(body) // 2]
+            raise _Disconnect()
+
+        headers = {"content-length": str(len(body))}
+        return StreamingResponse(cut(), headers=headers, media_type="application/json")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind right after a stop
+    sock.bind((host, port))
+    return sock
+
+
+def _tagged(name: str) -> str:
+    """Ollama's model names default to the `latest` tag."""
+    return name if ":" in name else f"{name}:latest"
+
+
+def _tokens(body: dict[str, Any]) -> tuple[list[str], str]:
+    """The deterministic completion: "Echo: " and the prompt's words, one token per word."""
+    prompt = str(body.get("prompt") or "")
+    if not prompt:
+        return [], "load"  # Ollama answers an empty prompt by just loading the model
+    text = "Echo: " + " ".join(prompt.split())
+    if body.get("format"):
+        text = json.dumps({"echo": prompt})
+    tokens = re.findall(r"\s*\S+", text)
+    options = body.get("options") or {}
+    limit = options.get("num_predict") if isinstance(options, dict) else None
+    if isinstance(limit, int) and 0 <= limit < len(tokens):
+        return tokens[:limit], "length"
+    return tokens, "stop"
+
+
+def _final(
+    model: str, body: dict[str, Any], *, eval_count: int, done_reason: str
+) -> dict[str, Any]:
+    prompt_eval_count = len(str(body.get("prompt") or "").split()) + 1  # the words and a BOS
+    prompt_eval_duration = prompt_eval_count * PROMPT_EVAL_NS_PER_TOKEN
+    eval_duration = eval_count * EVAL_NS_PER_TOKEN
+    return {
+        "model": model,
+        "created_at": _now(),
+        "response": "",
+        "done": True,
+        "done_reason": done_reason,
+        "context": list(range(prompt_eval_count + eval_count)),
+        "total_duration": LOAD_NS + prompt_eval_duration + eval_duration,
+        "load_duration": LOAD_NS,
+        "prompt_eval_count": prompt_eval_count,
+        "prompt_eval_duration": prompt_eval_duration,
+        "eval_count": eval_count,
+        "eval_duration": eval_duration,
+    }
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    family, _, size = name.partition(":")
+    family = re.sub(r"[\d.]+$", "", family) or family
+    return {
+        "name": _tagged(name),
+        "model": _tagged(name),
+        "modified_at": "2024-10-01T12:00:00.000000000Z",
+        "size": 1_321_098_329,
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": family,
+            "families": [family],
+            "parameter_size": size.upper() if size and size != "latest" else "3.2B",
+            "quantization_level": "Q8_0",
+        },
+    }
+
+
+def _line(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":")) + "\n"
+
+
+def _error(status_code: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per token")
+    parser.add_argument("--model", action="append", dest="models", help="repeatable")
+    args = parser.parse_args()
+    fake = FakeOllama(
+        args.models or DEFAULT_MODELS, host=args.host, port=args.port, token_delay=args.token_delay
+    )
+    fake.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

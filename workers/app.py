@@ -1,0 +1,45 @@
+"""The worker entry point: the Celery app with every task module and process hooks loaded.
+
+Run with `kiln worker` (or `celery -A workers.app worker`).
+"""
+
+from typing import Any
+
+from celery import signals
+
+import workers.tasks.generate  # noqa: F401  (registers the task)
+from shared.broker import reset_redis
+from shared.celery_app import celery_app
+from shared.config import get_settings
+from shared.db import dispose_engine
+from shared.logs import configure_logging
+from shared.registry import WorkerHeartbeat
+
+app = celery_app
+_heartbeats: list[WorkerHeartbeat] = []  # this worker's, once it is ready
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(get_settings().log_level)
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A forked pool process must not share the parent's DB or Redis sockets.
+    dispose_engine()
+    reset_redis()
+
+
+@signals.worker_ready.connect
+def _announce(sender: Any, **_: Any) -> None:
+    queues = sorted(queue.name for queue in sender.app.amqp.queues.consume_from.values())
+    heartbeat = WorkerHeartbeat(sender.hostname, queues)
+    heartbeat.start()
+    _heartbeats.append(heartbeat)
+
+
+@signals.worker_shutdown.connect
+def _retire(**_: Any) -> None:
+    while _heartbeats:
+        _heartbeats.pop().stop()

@@ -1,0 +1,1 @@
+"""Thin Celery task wrappers, one module per job kind."""
