@@ -86,9 +86,7 @@ async def read_after(
     client: "redis.asyncio.Redis", job_id: str, after: str, *, block_ms: int
 ) -> list[Event]:
     """Events after id `after`, waiting up to `block_ms` for the first one."""
-    reply: Any = await client.xread(
-        {keys.job_events(job_id): after}, block=block_ms, count=500
-    )
+    reply: Any = await client.xread({keys.job_events(job_id): after}, block=block_ms, count=500)
     return [_decode(entry_id, fields) for _, entries in reply for entry_id, fields in entries]
 
 

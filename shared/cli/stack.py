@@ -31,6 +31,7 @@ class Service:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     not_before: float = 0.0
+    held: bool = False  # stopped on purpose: not restarted until resumed
 
     @property
     def pid(self) -> int | None:
@@ -108,7 +109,7 @@ class Stack:
         while not stop.wait(0.2):
             now = time.monotonic()
             for service in self.services.values():
-                if service.process is None or service.process.poll() is None:
+                if service.held or service.process is None or service.process.poll() is None:
                     continue
                 if service.not_before == 0.0:
                     delay = RESTART_BACKOFF_S[min(service.restarts, len(RESTART_BACKOFF_S) - 1)]
@@ -124,22 +125,39 @@ class Stack:
                     service.not_before = 0.0
                     self._spawn(service)
 
+    def hold(self, name: str) -> None:
+        """Stop one service and keep it stopped until `resume`."""
+        service = self.services[name]
+        service.held = True
+        _stop_services([service])
+
+    def resume(self, name: str) -> None:
+        """Start a held service again."""
+        service = self.services[name]
+        service.held = False
+        self._spawn(service)
+
     def stop(self) -> None:
         """Stop every service and the embedded Redis; nothing is left running."""
-        for service in self.services.values():
-            _signal_group(service, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for service in self.services.values():
-            if service.process is None:
-                continue
-            try:
-                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", service.name)
-            _signal_group(service, signal.SIGKILL)
-            service.process.wait()
+        _stop_services(list(self.services.values()))
         if self.redis is not None:
             self.redis.stop()
+
+
+def _stop_services(services: list[Service]) -> None:
+    """SIGTERM each service's process group, then SIGKILL whatever outlives the grace time."""
+    for service in services:
+        _signal_group(service, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for service in services:
+        if service.process is None:
+            continue
+        try:
+            service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", service.name)
+        _signal_group(service, signal.SIGKILL)
+        service.process.wait()
 
 
 def _signal_group(service: Service, signum: signal.Signals) -> None:

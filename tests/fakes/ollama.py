@@ -60,12 +60,9 @@ class FakeOllama:
         port: int = 0,
         token_delay: float = 0.0,
     ) -> None:
-        self.models = list(models)
-        self.token_delay = token_delay  # seconds before each token: slow mode
-        self.disconnect_after: int | None = None  # cut the connection after N tokens
-        self.error_after: int | None = None  # send an `{"error": ...}` line after N tokens
-        self.error_message = DEFAULT_ERROR
-        self.requests: list[dict[str, Any]] = []  # bodies of /api/generate, in arrival order
+        self._initial_models = list(models)
+        self._initial_token_delay = token_delay
+        self.reset()
 
         self.host = host
         self._socket: socket.socket | None = _bind(host, port)
@@ -81,6 +78,15 @@ class FakeOllama:
         )
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+
+    def reset(self) -> None:
+        """Put every knob back to how the server was built, and forget past requests."""
+        self.models = list(self._initial_models)
+        self.token_delay = self._initial_token_delay  # seconds before each token: slow mode
+        self.disconnect_after: int | None = None  # cut the connection after N tokens
+        self.error_after: int | None = None  # send an `{"error": ...}` line after N tokens
+        self.error_message = DEFAULT_ERROR
+        self.requests: list[dict[str, Any]] = []  # bodies of /api/generate, in arrival order
 
     def start(self) -> Self:
         """Serve in a background thread; after `stop()` this serves again on the same port."""
