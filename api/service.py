@@ -103,6 +103,7 @@ def submit_job(
     except RedisError:
         log.warning("could not record the queued event of job %s", job.id)
     enqueue(job.id, job.kind)
+    log.info("job %s queued", job.id, extra={"task": job.kind})
     return job, True
 
 

@@ -8,6 +8,14 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def driver_url(url: str) -> str:
+    """A plain SQLAlchemy URL with the driver Kiln uses for it (psycopg 3 for PostgreSQL)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 class LLMProviderName(StrEnum):
     """Which backend runs inference."""
 
@@ -62,12 +70,8 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        """The database URL with the driver Kiln uses (psycopg 3 for PostgreSQL)."""
-        url = self.database_url or f"sqlite:///{(self.data_dir / 'kiln.db').resolve()}"
-        for prefix in ("postgresql://", "postgres://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url.removeprefix(prefix)
-        return url
+        """The database URL, with its driver."""
+        return driver_url(self.database_url or f"sqlite:///{(self.data_dir / 'kiln.db').resolve()}")
 
 
 @lru_cache

@@ -20,10 +20,7 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str | None = None) -> None:
     """Bring the database at `url` (default: the configured one) to the newest schema."""
-    settings = get_settings()
-    url = url or settings.sqlalchemy_url
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = url or get_settings().sqlalchemy_url
     engine = make_engine(url)
     try:
         with engine.begin() as connection:

@@ -1,6 +1,8 @@
 """The job lifecycle through the real API, Redis and workers."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
@@ -145,3 +147,26 @@ def test_list_filters_and_paginates_newest_first(kiln: Kiln) -> None:
     assert [job["id"] for job in canceled] == [ids[0]]
     by_kind = client.get("/v1/jobs", params={"kind": "generate", "status": "queued"}).json()
     assert len(by_kind["data"]) == 4
+
+
+def test_the_request_id_follows_the_job_into_every_log(kiln: Kiln) -> None:
+    key = kiln.new_key()
+    response = kiln.client(key).post(
+        "/v1/jobs",
+        json={"kind": "generate", "input": {"prompt": "trace me"}},
+        headers={"X-Request-ID": "trace-abc-123"},
+    )
+    job_id = response.json()["id"]
+    kiln.wait_for(key, job_id)
+    log_dir = kiln.stack.log_dir
+    assert log_dir is not None
+
+    def lines(name: str) -> list[dict[str, Any]]:
+        text = (log_dir / f"{name}.log").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    api = [line for line in lines("api") if line.get("request_id") == "trace-abc-123"]
+    assert any(job_id in line["message"] for line in api)
+    worker = [line for line in lines("worker-gpu") if line.get("job_id") == job_id]
+    assert [line["message"] for line in worker] == ["job started", "job succeeded"]
+    assert {line["request_id"] for line in worker} == {"trace-abc-123"}

@@ -1,0 +1,148 @@
+"""The `kiln` commands as a user runs them: real processes, checked from the outside."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from shared.embedded_redis import EmbeddedRedis, free_port
+from tests.fakes.ollama import FakeOllama
+from tests.harness import wait_ready
+
+KILN = [sys.executable, "-m", "shared.cli"]
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _marked_env(tmp_path: Path, **extra: str) -> tuple[dict[str, str], str]:
+    """An environment for a `kiln` command, with a marker every descendant inherits."""
+    marker = uuid.uuid4().hex
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
+    env.update(KILN_DATA_DIR=str(tmp_path / "data"), KILN_TEST_MARKER=marker, **extra)
+    return env, marker
+
+
+def _processes_with(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries the marker."""
+    found = []
+    needle = f"KILN_TEST_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_gone(marker: str, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_demo_runs_a_job_on_the_template_provider_and_leaves_nothing(tmp_path: Path) -> None:
+    env, marker = _marked_env(tmp_path, KILN_OLLAMA_URL="http://127.0.0.1:9")
+
+    done = _run([*KILN, "demo", "--prompt", "ping pong"], env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Provider: template" in done.stdout
+    assert "Kiln template reply: ping pong" in done.stdout
+    assert "Succeeded" in done.stdout
+    assert _wait_gone(marker, timeout=5) == []
+    assert not (tmp_path / "data").exists()  # the demo kept to its throwaway directory
+
+
+def test_demo_uses_ollama_when_it_answers(tmp_path: Path) -> None:
+    with FakeOllama(models=["llama3.2:1b"]) as fake:
+        env, marker = _marked_env(tmp_path, KILN_OLLAMA_URL=fake.url)
+        done = _run([*KILN, "demo", "--prompt", "sky"], env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Provider: Ollama at {fake.url}, model llama3.2:1b" in done.stdout
+    assert "Echo: sky" in done.stdout
+    assert _wait_gone(marker, timeout=5) == []
+
+
+def test_up_serves_until_ctrl_c_then_stops_every_process(tmp_path: Path) -> None:
+    port, flower_port = free_port(), free_port()
+    redis_server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    redis_server.start()
+    env, marker = _marked_env(
+        tmp_path,
+        KILN_REDIS_URL=redis_server.url,
+        KILN_LLM_PROVIDER="template",
+        KILN_FLOWER_PORT=str(flower_port),
+        KILN_FLOWER_BASIC_AUTH="ops:secret-words",
+    )
+    up = subprocess.Popen(
+        [*KILN, "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        key = (tmp_path / "data" / "admin.key").read_text().strip()
+        job = httpx.post(
+            f"http://127.0.0.1:{port}/v1/jobs",
+            json={"kind": "generate", "input": {"prompt": "up"}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert job.status_code == 202
+        flower = f"http://127.0.0.1:{flower_port}/"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(flower).status_code == 401
+                assert httpx.get(flower, auth=("ops", "secret-words")).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "Flower did not start"
+                time.sleep(0.2)
+        assert len(_processes_with(marker)) >= 5  # api, 2 workers (+ pool), reconciler, flower
+
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=20)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        redis_server.stop()
+
+    assert up.returncode == 0, output
+    assert f"Kiln API      http://127.0.0.1:{port}" in output
+    assert "admin.key" in output
+    assert "KILN_CALLBACK_ALLOW_PRIVATE=true" in output
+    assert _wait_gone(marker, timeout=5) == []
+
+
+def test_keys_and_migrate_commands(tmp_path: Path) -> None:
+    env, _ = _marked_env(tmp_path, KILN_DATABASE_URL=f"sqlite:///{tmp_path / 'keys.db'}")
+
+    def kiln(*args: str) -> subprocess.CompletedProcess[str]:
+        return _run([*KILN, *args], env)
+
+    assert "database is up to date" in kiln("migrate").stdout
+    created = kiln("keys", "create", "--name", "ci-bot")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("kiln_")
+    key_id = created.stderr.split("id:")[1].split()[0]
+    listed = kiln("keys", "list").stdout
+    assert f"{key_id}\t{key[:9]}…\tuser\tactive\tci-bot" in listed
+    assert key not in listed
+    assert kiln("keys", "revoke", key_id).returncode == 0
+    assert f"{key_id}\t{key[:9]}…\tuser\trevoked\tci-bot" in kiln("keys", "list").stdout
+    assert kiln("keys", "revoke", "key_nope").returncode == 1

@@ -1,0 +1,82 @@
+"""The job state machine as the database enforces it: one winner per transition, terminal
+states final."""
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from shared import crud, migrate
+from shared.db import make_engine
+from shared.models import Job
+from shared.states import TERMINAL, TRANSITIONS, JobStatus
+
+
+@pytest.fixture
+def session(database_url: str) -> Iterator[Session]:
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+    engine.dispose()
+
+
+def _job(session: Session, owner_id: str = "key_a", idempotency_key: str | None = None) -> Job:
+    job = Job(
+        kind="generate", input={"prompt": "x"}, owner_id=owner_id, idempotency_key=idempotency_key
+    )
+    return crud.insert_job(session=session, job=job)
+
+
+def test_terminal_statuses_have_no_way_out() -> None:
+    assert all(TRANSITIONS[status] == frozenset() for status in TERMINAL)
+    assert set(TRANSITIONS) == set(JobStatus)
+
+
+def test_only_one_claim_wins(session: Session) -> None:
+    job = _job(session)
+
+    first = crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+    second = crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+
+    assert (first, second) == (True, False)
+
+
+@pytest.mark.parametrize("final", sorted(TERMINAL))
+def test_a_terminal_job_never_changes(session: Session, final: JobStatus) -> None:
+    job = _job(session)
+    crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+    assert crud.transition_job(session=session, job_id=job.id, to=final)
+
+    for target in JobStatus:
+        assert not crud.transition_job(session=session, job_id=job.id, to=target)
+    stored = crud.get_job(session=session, job_id=job.id)
+    assert stored is not None
+    assert stored.status == final
+
+
+def test_a_stale_attempt_cannot_finish_the_job(session: Session) -> None:
+    job = _job(session)
+    crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+    crud.transition_job(
+        session=session, job_id=job.id, to=JobStatus.queued, expected_attempt=1, attempt=2
+    )
+    crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+
+    stale = crud.transition_job(
+        session=session, job_id=job.id, to=JobStatus.succeeded, expected_attempt=1
+    )
+    current = crud.transition_job(
+        session=session, job_id=job.id, to=JobStatus.succeeded, expected_attempt=2
+    )
+
+    assert (stale, current) == (False, True)
+
+
+def test_an_idempotency_key_is_unique_per_owner(session: Session) -> None:
+    _job(session, idempotency_key="k")
+    _job(session, idempotency_key="k", owner_id="key_b")
+
+    with pytest.raises(IntegrityError):
+        _job(session, idempotency_key="k")
