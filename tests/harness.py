@@ -103,6 +103,15 @@ class Kiln:
                 received.append(SSEEvent(sse.id, sse.event, json.loads(sse.data)))
         return received
 
+    @contextmanager
+    def held(self, service: str) -> Iterator[None]:
+        """Keep one service stopped for the duration of the block."""
+        self.stack.hold(service)
+        try:
+            yield
+        finally:
+            self.stack.resume(service)
+
     def close(self) -> None:
         for client in self.clients:
             client.close()

@@ -19,11 +19,8 @@ def test_healthz_and_readyz_when_everything_runs(kiln: Kiln) -> None:
 
 
 def test_readyz_names_a_queue_without_a_worker(kiln: Kiln) -> None:
-    kiln.stack.hold("worker-gpu")
-    try:
+    with kiln.held("worker-gpu"):
         response = kiln.client().get("/readyz")
-    finally:
-        kiln.stack.resume("worker-gpu")
 
     assert response.status_code == 503
     error = response.json()["error"]

@@ -73,14 +73,12 @@ def test_events_of_a_finished_job_are_rebuilt_when_the_stream_is_gone(kiln: Kiln
 
 def test_cancel_a_queued_job(kiln: Kiln) -> None:
     key = kiln.new_key()
-    kiln.stack.hold("worker-gpu")
-    job = kiln.submit(key)
-
-    response = kiln.client(key).post(f"/v1/jobs/{job['id']}/cancel")
+    with kiln.held("worker-gpu"):
+        job = kiln.submit(key)
+        response = kiln.client(key).post(f"/v1/jobs/{job['id']}/cancel")
 
     assert response.status_code == 200
     assert response.json()["status"] == "canceled"
-    kiln.stack.resume("worker-gpu")
     events = kiln.events(key, job["id"])
     assert [event.data["status"] for event in events] == ["queued", "canceled"]
     assert kiln.wait_for(key, job["id"])["status"] == "canceled"
@@ -131,21 +129,21 @@ def test_concurrent_submissions_with_one_idempotency_key_make_one_job(kiln: Kiln
 
 def test_list_filters_and_paginates_newest_first(kiln: Kiln) -> None:
     key = kiln.new_key()
-    kiln.stack.hold("worker-gpu")
-    ids = [kiln.submit(key, f"job {n}")["id"] for n in range(5)]
-    kiln.client(key).post(f"/v1/jobs/{ids[0]}/cancel")
     client = kiln.client(key)
-
-    first = client.get("/v1/jobs", params={"limit": 2}).json()
-    second = client.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
-    third = client.get("/v1/jobs", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+    with kiln.held("worker-gpu"):
+        ids = [kiln.submit(key, f"job {n}")["id"] for n in range(5)]
+        client.post(f"/v1/jobs/{ids[0]}/cancel")
+        first = client.get("/v1/jobs", params={"limit": 2}).json()
+        second = client.get("/v1/jobs", params={"limit": 2, "cursor": first["next_cursor"]})
+        third = client.get("/v1/jobs", params={"limit": 2, "cursor": second.json()["next_cursor"]})
+        by_kind = client.get("/v1/jobs", params={"kind": "generate", "status": "queued"}).json()
+    second, third = second.json(), third.json()
 
     pages = [job["id"] for page in (first, second, third) for job in page["data"]]
     assert pages == ids[::-1]
     assert (first["has_more"], second["has_more"], third["has_more"]) == (True, True, False)
     canceled = client.get("/v1/jobs", params={"status": "canceled"}).json()["data"]
     assert [job["id"] for job in canceled] == [ids[0]]
-    by_kind = client.get("/v1/jobs", params={"kind": "generate", "status": "queued"}).json()
     assert len(by_kind["data"]) == 4
 
 

@@ -41,13 +41,11 @@ def test_a_job_survives_its_worker_being_killed(
 def test_queued_jobs_survive_a_flushed_redis(make_kiln: KilnFactory) -> None:
     with make_kiln() as kiln:
         key = kiln.new_key()
-        kiln.stack.hold("worker-gpu")
-        ids = [kiln.submit(key, f"job {n}")["id"] for n in range(5)]
-        assert kiln.redis.llen("gpu") == 5
-
-        kiln.redis.flushall()
-        assert kiln.redis.llen("gpu") == 0
-        kiln.stack.resume("worker-gpu")
+        with kiln.held("worker-gpu"):
+            ids = [kiln.submit(key, f"job {n}")["id"] for n in range(5)]
+            assert kiln.redis.llen("gpu") == 5
+            kiln.redis.flushall()
+            assert kiln.redis.llen("gpu") == 0
 
         finished = [kiln.wait_for(key, job_id, timeout=60) for job_id in ids]
         assert [job["status"] for job in finished] == ["succeeded"] * 5
