@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RequestIDMiddleware
-from api.routes import health, jobs, keys
+from api.routes import deliveries, health, jobs, keys
 from shared import crud
 from shared.config import get_settings
 from shared.db import open_session
@@ -36,6 +36,6 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIDMiddleware)
-    for router in (jobs.router, keys.router, health.router):
+    for router in (jobs.router, deliveries.router, keys.router, health.router):
         app.include_router(router)
     return app

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+from datetime import timedelta
 
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -10,14 +11,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.errors import field_name
-from shared import crud, events, keys
+from shared import crud, events, keys, lifecycle
 from shared.broker import get_redis
 from shared.config import Settings
-from shared.dispatch import enqueue
+from shared.dispatch import dispatch_delivery, enqueue
 from shared.exceptions import Conflict, IdempotencyKeyReused, InvalidInput, NotFound
-from shared.models import ApiKey, Job, utcnow
+from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
 from shared.schemas import KIND_INPUTS, JobCreate
-from shared.states import TERMINAL, JobStatus
+from shared.states import TERMINAL, DeliveryStatus, JobStatus
+from shared.webhooks.outbox import REDISPATCH_AFTER_S
+from shared.webhooks.signing import new_secret
+from shared.webhooks.ssrf import BlockedDestination, vet_url
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,16 @@ def _validated_input(body: JobCreate) -> dict[str, object]:
         first = details[0]
         raise InvalidInput(f"{first['field']}: {first['message']}", details=details) from None
     return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _vet_webhook_url(url: str, settings: Settings) -> None:
+    try:
+        vet_url(url, allow_private=settings.callback_allow_private)
+    except BlockedDestination as exc:
+        raise BlockedDestination(
+            f"webhook_url: {exc.message}",
+            details=[{"field": "webhook_url", "message": exc.message}],
+        ) from None
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -69,6 +83,8 @@ def submit_job(
     The same idempotency key and body return the existing job; a different body is refused.
     """
     job_input = _validated_input(body)
+    if body.webhook_url is not None:
+        _vet_webhook_url(str(body.webhook_url), settings)
     request_hash = _request_hash(body) if idempotency_key else None
     if idempotency_key:
         existing = crud.get_job_by_idempotency_key(
@@ -81,6 +97,7 @@ def submit_job(
         input=job_input,
         meta=body.metadata,
         webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        webhook_events=list(body.webhook_events) if body.webhook_events else None,
         owner_id=api_key.id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
@@ -140,7 +157,7 @@ def cancel_job(*, session: Session, api_key: ApiKey, job_id: str) -> Job:
     """Cancel a queued or running job; a running job's worker stops at its next check."""
     job = get_job(session=session, api_key=api_key, job_id=job_id)
     if job.status not in TERMINAL:
-        canceled = crud.transition_job(
+        canceled = lifecycle.change_status(
             session=session,
             job_id=job.id,
             to=JobStatus.canceled,
@@ -148,11 +165,9 @@ def cancel_job(*, session: Session, api_key: ApiKey, job_id: str) -> Job:
             finished_at=utcnow(),
             lease_expires_at=None,
         )
+        if canceled is not None:
+            get_redis().set(keys.job_cancel(job.id), "1", ex=CANCEL_FLAG_TTL_S)
         job = get_job(session=session, api_key=api_key, job_id=job_id)
-        if canceled:
-            redis = get_redis()
-            redis.set(keys.job_cancel(job.id), "1", ex=CANCEL_FLAG_TTL_S)
-            events.append_status(redis, job)
     if job.status != JobStatus.canceled:
         raise Conflict(
             f"the job already {job.status} and can no longer be canceled", code="not_cancelable"
@@ -173,3 +188,55 @@ def revoke_key(*, session: Session, key_id: str) -> ApiKey:
     if api_key is None:
         raise NotFound(f"no API key with id {key_id!r}")
     return api_key
+
+
+def list_deliveries(
+    *,
+    session: Session,
+    api_key: ApiKey,
+    job_id: str | None = None,
+    status: DeliveryStatus | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> tuple[list[tuple[Delivery, list[DeliveryAttempt]]], bool]:
+    """Deliveries with their attempts (of one job, or of all the key's jobs), newest first."""
+    if job_id is not None:
+        get_job(session=session, api_key=api_key, job_id=job_id)
+    deliveries = crud.list_deliveries(
+        session=session,
+        owner_id=_owner_filter(api_key),
+        job_id=job_id,
+        status=status,
+        before=cursor,
+        limit=limit + 1,
+    )[: limit + 1]
+    page = deliveries[:limit]
+    attempts = crud.attempts_of(session=session, delivery_ids=[d.id for d in page])
+    return [(delivery, attempts[delivery.id]) for delivery in page], len(deliveries) > limit
+
+
+def redeliver(
+    *, session: Session, api_key: ApiKey, job_id: str, delivery_id: str
+) -> tuple[Delivery, list[DeliveryAttempt]]:
+    """Send a finished delivery again, same event id and body, with a fresh schedule."""
+    get_job(session=session, api_key=api_key, job_id=job_id)
+    delivery = crud.get_delivery(
+        session=session, delivery_id=delivery_id, owner_id=_owner_filter(api_key)
+    )
+    if delivery is None or delivery.job_id != job_id:
+        raise NotFound(f"no delivery with id {delivery_id!r} for this job")
+    republish_at = utcnow() + timedelta(seconds=REDISPATCH_AFTER_S)
+    if not crud.redeliver(session=session, delivery_id=delivery.id, republish_at=republish_at):
+        raise Conflict("the delivery is still in progress", code="delivery_in_progress")
+    dispatch_delivery(delivery.id)
+    delivery = crud.get_delivery(session=session, delivery_id=delivery.id)
+    assert delivery is not None
+    attempts = crud.attempts_of(session=session, delivery_ids=[delivery.id])[delivery.id]
+    return delivery, attempts
+
+
+def webhook_secret(*, session: Session, api_key: ApiKey, rotate: bool) -> str:
+    """The key's webhook signing secret; `rotate` replaces it (a key without one gets one)."""
+    if rotate or api_key.webhook_secret is None:
+        return crud.set_signing_secret(session=session, api_key=api_key, secret=new_secret())
+    return api_key.webhook_secret

@@ -12,11 +12,12 @@ QUEUE_CALLBACKS = "callbacks"  # webhook and evaluation-callback deliveries
 QUEUES = (QUEUE_GPU, QUEUE_IO, QUEUE_CALLBACKS)
 
 TASK_GENERATE = "kiln.generate"
+TASK_DELIVER = "kiln.deliver_webhook"
 
 TASK_FOR_KIND = {"generate": TASK_GENERATE}
 """Which task runs each job kind."""
 
-QUEUE_FOR_TASK = {TASK_GENERATE: QUEUE_GPU}
+QUEUE_FOR_TASK = {TASK_GENERATE: QUEUE_GPU, TASK_DELIVER: QUEUE_CALLBACKS}
 
 TASK_SOFT_TIME_LIMIT_S = 1800  # the task gets SoftTimeLimitExceeded and can fail the job cleanly
 TASK_TIME_LIMIT_S = 1860  # then the pool kills the process; the reconciler retries the job

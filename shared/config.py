@@ -57,6 +57,31 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, description="Port Flower listens on.")
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's `user:password`.")
     log_level: str = Field("INFO", description="Log level of every Kiln process.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signing secret (`whsec_...`) for keys that have none of their own."
+    )
+    webhook_retry_schedule: str = Field(
+        "0,5,300,1800,7200,18000,36000,36000",
+        description="Delays in seconds before each delivery attempt (Svix's by default).",
+    )
+    webhook_connect_timeout_s: float = Field(5.0, gt=0, description="Webhook connect time-out.")
+    webhook_timeout_s: float = Field(15.0, gt=0, description="Webhook total time-out.")
+    callback_allow_private: bool = Field(
+        False, description="Allow webhooks to loopback and private addresses (development only)."
+    )
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        delays = [part.strip() for part in value.split(",")]
+        if not delays or any(not part or float(part) < 0 for part in delays):
+            raise ValueError("a comma-separated list of delays in seconds, e.g. 0,5,300")
+        return value
+
+    @property
+    def webhook_delays(self) -> list[float]:
+        """The delay before each delivery attempt; its length is the number of attempts."""
+        return [float(part) for part in self.webhook_retry_schedule.split(",")]
 
     @field_validator("database_url", "redis_url", "public_url", mode="before")
     @classmethod

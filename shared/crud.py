@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col, select
 
-from shared.models import ApiKey, Job, utcnow
-from shared.states import JobStatus, sources_of
+from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
+from shared.states import DeliveryStatus, JobStatus, sources_of
+from shared.webhooks.signing import new_secret
 
 KEY_PREFIX = "kiln_"  # every API key starts with it, so scanners recognise leaked keys
 ADMIN_KEY_ID = "admin"  # the key bootstrapped from KILN_ADMIN_API_KEY
@@ -29,6 +30,7 @@ def create_api_key(*, session: Session, name: str, is_admin: bool = False) -> tu
         key_hash=hash_key(key),
         prefix=key[:9],
         is_admin=is_admin,
+        webhook_secret=new_secret(),
     )
     session.add(api_key)
     session.commit()
@@ -41,6 +43,7 @@ def ensure_admin_key(*, session: Session, key: str) -> ApiKey:
     if admin is None:
         admin = ApiKey(id=ADMIN_KEY_ID, name="admin", key_hash="", prefix="", is_admin=True)
     admin.key_hash, admin.prefix, admin.revoked_at = hash_key(key), key[:9], None
+    admin.webhook_secret = admin.webhook_secret or new_secret()
     session.add(admin)
     session.commit()
     return admin
@@ -118,11 +121,13 @@ def transition_job(
     job_id: str,
     to: JobStatus,
     expected_attempt: int | None = None,
+    commit: bool = True,
     **values: Any,
 ) -> bool:
     """Move a job to `to` if its status allows it (and it is on `expected_attempt`, if given).
 
     The update is conditional, so of two racing writers exactly one wins; the loser gets False.
+    With `commit=False` the caller adds to the same transaction and commits it.
     """
     statement = (
         update(Job)
@@ -132,7 +137,8 @@ def transition_job(
     if expected_attempt is not None:
         statement = statement.where(col(Job.attempt) == expected_attempt)
     result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
 
 
@@ -152,8 +158,8 @@ def renew_lease(*, session: Session, job_id: str, attempt: int, until: datetime)
     return result.rowcount == 1
 
 
-def set_progress(*, session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> None:
-    """Record a running job's latest progress."""
+def set_progress(*, session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """Record a running job's latest progress (uncommitted); False if the job moved on."""
     statement = (
         update(Job)
         .where(
@@ -163,8 +169,8 @@ def set_progress(*, session: Session, job_id: str, attempt: int, progress: dict[
         )
         .values(progress=progress)
     )
-    session.execute(statement)
-    session.commit()
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    return result.rowcount == 1
 
 
 def queued_jobs_before(*, session: Session, before: datetime, limit: int) -> list[Job]:
@@ -186,3 +192,168 @@ def jobs_with_expired_lease(*, session: Session, now: datetime, limit: int) -> l
         .limit(limit)
     )
     return list(session.exec(statement))
+
+
+def signing_secret(*, session: Session, owner_id: str) -> str | None:
+    """The webhook signing secret of an API key."""
+    api_key = session.get(ApiKey, owner_id)
+    return api_key.webhook_secret if api_key is not None else None
+
+
+def set_signing_secret(*, session: Session, api_key: ApiKey, secret: str) -> str:
+    """Give a key a new webhook signing secret."""
+    api_key.webhook_secret = secret
+    session.add(api_key)
+    session.commit()
+    return secret
+
+
+def get_delivery(
+    *, session: Session, delivery_id: str, owner_id: str | None = None
+) -> Delivery | None:
+    """The delivery, if it exists and (when `owner_id` is given) belongs to that owner."""
+    delivery = session.get(Delivery, delivery_id, populate_existing=True)
+    if delivery is None or (owner_id is not None and delivery.owner_id != owner_id):
+        return None
+    return delivery
+
+
+def list_deliveries(
+    *,
+    session: Session,
+    owner_id: str | None,
+    job_id: str | None = None,
+    status: DeliveryStatus | None = None,
+    before: str | None = None,
+    limit: int = 100,
+) -> list[Delivery]:
+    """Deliveries newest first, of one job or of all an owner's jobs."""
+    statement = select(Delivery).order_by(col(Delivery.id).desc()).limit(limit)
+    if owner_id is not None:
+        statement = statement.where(Delivery.owner_id == owner_id)
+    if job_id is not None:
+        statement = statement.where(Delivery.job_id == job_id)
+    if status is not None:
+        statement = statement.where(Delivery.status == status)
+    if before is not None:
+        statement = statement.where(col(Delivery.id) < before)
+    return list(session.exec(statement))
+
+
+def attempts_of(*, session: Session, delivery_ids: list[str]) -> dict[str, list[DeliveryAttempt]]:
+    """The attempts of each delivery, oldest first."""
+    found: dict[str, list[DeliveryAttempt]] = {delivery_id: [] for delivery_id in delivery_ids}
+    if not delivery_ids:
+        return found
+    statement = (
+        select(DeliveryAttempt)
+        .where(col(DeliveryAttempt.delivery_id).in_(delivery_ids))
+        .order_by(col(DeliveryAttempt.id))
+    )
+    for attempt in session.exec(statement):
+        found[attempt.delivery_id].append(attempt)
+    return found
+
+
+def _update_delivery(
+    session: Session, delivery_id: str, sources: list[DeliveryStatus], **values: Any
+) -> bool:
+    statement = (
+        update(Delivery)
+        .where(col(Delivery.id) == delivery_id, col(Delivery.status).in_(sources))
+        .values(**values)
+    )
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+def claim_delivery(*, session: Session, delivery_id: str, until: datetime) -> Delivery | None:
+    """Take a pending delivery for one attempt; None if another worker has it or it is done."""
+    claimed = _update_delivery(
+        session, delivery_id, [DeliveryStatus.pending], status=DeliveryStatus.delivering,
+        locked_until=until,
+    )  # fmt: skip
+    session.commit()
+    return get_delivery(session=session, delivery_id=delivery_id) if claimed else None
+
+
+def record_attempt(
+    *, session: Session, delivery: Delivery, attempt: DeliveryAttempt, **values: Any
+) -> None:
+    """Store an attempt and the delivery's new state, if the delivery is still this worker's."""
+    if _update_delivery(
+        session, delivery.id, [DeliveryStatus.delivering], locked_until=None, **values
+    ):
+        session.add(attempt)
+    session.commit()
+
+
+def stop_deliveries_to(*, session: Session, job_id: str, url: str, reason: str) -> None:
+    """The receiver said 410: mark the job's URL gone and fail its pending deliveries."""
+    session.execute(update(Job).where(col(Job.id) == job_id).values(webhook_gone_at=utcnow()))
+    session.execute(
+        update(Delivery)
+        .where(
+            col(Delivery.job_id) == job_id,
+            col(Delivery.url) == url,
+            col(Delivery.status) == DeliveryStatus.pending,
+        )
+        .values(status=DeliveryStatus.failed, last_error=reason, finished_at=utcnow())
+    )
+    session.commit()
+
+
+def redeliver(*, session: Session, delivery_id: str, republish_at: datetime) -> bool:
+    """Start a finished delivery over: pending, its attempt count back at zero."""
+    restarted = _update_delivery(
+        session,
+        delivery_id,
+        [DeliveryStatus.succeeded, DeliveryStatus.failed],
+        status=DeliveryStatus.pending,
+        attempts=0,
+        next_attempt_at=republish_at,
+        finished_at=None,
+    )
+    session.commit()
+    return restarted
+
+
+def due_deliveries(*, session: Session, now: datetime, limit: int) -> list[Delivery]:
+    """Pending deliveries whose next attempt is due (or whose message may be lost)."""
+    statement = (
+        select(Delivery)
+        .where(Delivery.status == DeliveryStatus.pending, col(Delivery.next_attempt_at) <= now)
+        .order_by(col(Delivery.next_attempt_at))
+        .limit(limit)
+    )
+    return list(session.exec(statement))
+
+
+def postpone_delivery(
+    *, session: Session, delivery_id: str, now: datetime, until: datetime
+) -> bool:
+    """Push a due delivery's republish time forward; True for the one caller that did."""
+    statement = (
+        update(Delivery)
+        .where(
+            col(Delivery.id) == delivery_id,
+            col(Delivery.status) == DeliveryStatus.pending,
+            col(Delivery.next_attempt_at) <= now,
+        )
+        .values(next_attempt_at=until)
+    )
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    session.commit()
+    return result.rowcount == 1
+
+
+def release_stalled_deliveries(*, session: Session, now: datetime) -> int:
+    """Deliveries whose worker died mid-attempt become pending again, due at once."""
+    statement = (
+        update(Delivery)
+        .where(col(Delivery.status) == DeliveryStatus.delivering, col(Delivery.locked_until) < now)
+        .values(status=DeliveryStatus.pending, locked_until=None, next_attempt_at=now)
+    )
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    session.commit()
+    return int(result.rowcount)

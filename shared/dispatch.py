@@ -7,7 +7,13 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.broker import get_redis
-from shared.celery_app import QUEUE_FOR_TASK, TASK_FOR_KIND, celery_app
+from shared.celery_app import (
+    QUEUE_CALLBACKS,
+    QUEUE_FOR_TASK,
+    TASK_DELIVER,
+    TASK_FOR_KIND,
+    celery_app,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,5 +32,15 @@ def enqueue(job_id: str, kind: str) -> bool:
         get_redis().sadd(keys.ENQUEUED_SET, job_id)
     except (RedisError, OperationalError, OSError) as exc:
         log.warning("could not publish job %s, the reconciler will: %s", job_id, exc)
+        return False
+    return True
+
+
+def dispatch_delivery(delivery_id: str) -> bool:
+    """Publish a webhook delivery's message; the reconciler covers a failure here too."""
+    try:
+        celery_app.send_task(TASK_DELIVER, args=[delivery_id], queue=QUEUE_CALLBACKS, retry=False)
+    except (RedisError, OperationalError, OSError) as exc:
+        log.warning("could not publish delivery %s, the reconciler will: %s", delivery_id, exc)
         return False
     return True

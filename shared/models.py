@@ -5,11 +5,20 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
-from shared.states import JobStatus
+from shared.states import DeliveryStatus, JobStatus
 
 
 def utcnow() -> datetime:
@@ -50,6 +59,7 @@ class ApiKey(SQLModel, table=True):
     key_hash: str = Field(max_length=64, unique=True)
     prefix: str = Field(max_length=16)  # the key's first characters, to recognise it in lists
     is_admin: bool = False
+    webhook_secret: str | None = Field(default=None, max_length=128)  # signs this key's webhooks
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
@@ -99,6 +109,8 @@ class Job(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)  # the body an idempotency key saw
     webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[str] | None = _json()  # None: the terminal events
+    webhook_gone_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # receiver said 410
     request_id: str | None = Field(default=None, max_length=128)
     worker: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -106,3 +118,54 @@ class Job(SQLModel, table=True):
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+
+def new_delivery_id() -> str:
+    return "dlv_" + new_job_id()
+
+
+class Delivery(SQLModel, table=True):
+    """One event of one job on its way to the job's webhook URL."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_deliveries_owner_id_id", "owner_id", "id"),
+    )
+
+    id: str = Field(default_factory=new_delivery_id, primary_key=True, max_length=40)
+    job_id: str = Field(max_length=32, index=True)
+    owner_id: str = Field(max_length=32)
+    event_id: str = Field(max_length=40)  # the `webhook-id`, the same on every attempt
+    event_type: str = Field(max_length=32)
+    url: str = Field(max_length=2048)
+    payload: str = Field(
+        sa_column=Column(Text, nullable=False)
+    )  # the exact body each attempt sends
+    status: DeliveryStatus = Field(
+        default=DeliveryStatus.pending, sa_column=Column(String(16), nullable=False)
+    )
+    attempts: int = 0  # made since the delivery (or its manual redelivery) began
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)  # while delivering
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=1024)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One HTTP request of a delivery, as the delivery log shows it."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(max_length=40, index=True)
+    number: int
+    attempted_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    url: str = Field(max_length=2048)  # with any password redacted
+    status_code: int | None = None
+    latency_ms: float
+    response_excerpt: str | None = Field(default=None, sa_column=Column(Text))  # first 1 KiB
+    error: str | None = Field(default=None, max_length=1024)
+    outcome: str = Field(max_length=16)  # succeeded | retry | failed | gone

@@ -5,8 +5,9 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from shared.models import Job
-from shared.states import JobStatus
+from shared.models import Delivery, DeliveryAttempt, Job
+from shared.states import DeliveryStatus, JobStatus
+from shared.webhooks.ssrf import redact_url
 
 
 class GenerateInput(BaseModel):
@@ -28,6 +29,8 @@ KIND_INPUTS: dict[str, type[BaseModel]] = {"generate": GenerateInput}
 
 JobKind = Literal["generate"]
 
+WebhookEvent = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
+
 
 class JobCreate(BaseModel):
     """What a client submits to create a job."""
@@ -36,7 +39,10 @@ class JobCreate(BaseModel):
 
     kind: JobKind
     input: dict[str, Any]
-    webhook_url: AnyHttpUrl | None = None
+    webhook_url: AnyHttpUrl | None = Field(None, description="Receives signed job events.")
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="Events to send; default: the terminal ones."
+    )
     metadata: dict[str, Any] | None = None
 
 
@@ -69,6 +75,7 @@ class JobPublic(BaseModel):
     attempt: int
     max_attempts: int
     webhook_url: str | None
+    webhook_events: list[str] | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -89,6 +96,7 @@ class JobPublic(BaseModel):
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             webhook_url=job.webhook_url,
+            webhook_events=job.webhook_events,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -134,3 +142,65 @@ class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
     missing: list[str]
+
+
+class DeliveryAttemptPublic(BaseModel):
+    """One request of a delivery, as the delivery log keeps it."""
+
+    number: int
+    attempted_at: datetime
+    url: str
+    status_code: int | None
+    latency_ms: float
+    response_excerpt: str | None = Field(description="The first 1 KiB of the response body.")
+    error: str | None
+    outcome: str = Field(description="succeeded, retry, failed or gone")
+
+    @classmethod
+    def from_attempt(cls, attempt: DeliveryAttempt) -> "DeliveryAttemptPublic":
+        return cls.model_validate(attempt, from_attributes=True)
+
+
+class DeliveryPublic(BaseModel):
+    """One event's delivery to a job's webhook URL, with every attempt."""
+
+    id: str
+    job_id: str
+    event_id: str = Field(description="The `webhook-id` header, the same on every attempt.")
+    event_type: str
+    url: str
+    status: DeliveryStatus
+    attempts: list[DeliveryAttemptPublic]
+    next_attempt_at: datetime | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery, attempts: list[DeliveryAttempt]) -> "DeliveryPublic":
+        pending = delivery.status == DeliveryStatus.pending
+        return cls(
+            id=delivery.id,
+            job_id=delivery.job_id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            url=redact_url(delivery.url),
+            status=delivery.status,
+            attempts=[DeliveryAttemptPublic.from_attempt(attempt) for attempt in attempts],
+            next_attempt_at=delivery.next_attempt_at if pending else None,
+            created_at=delivery.created_at,
+            finished_at=delivery.finished_at,
+        )
+
+
+class DeliveryList(BaseModel):
+    """One page of deliveries, newest first."""
+
+    data: list[DeliveryPublic]
+    has_more: bool
+    next_cursor: str | None = None
+
+
+class WebhookSecret(BaseModel):
+    """The secret that signs this key's webhooks (Standard Webhooks, `whsec_...`)."""
+
+    secret: str

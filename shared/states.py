@@ -29,6 +29,15 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 """For each status, the statuses a job may move to from it."""
 
 
+class DeliveryStatus(StrEnum):
+    """Where one webhook event's delivery is."""
+
+    pending = "pending"  # waiting for its next attempt (the first, or a retry)
+    delivering = "delivering"  # a callback worker is sending it now
+    succeeded = "succeeded"  # the receiver answered 2xx
+    failed = "failed"  # refused (4xx), gone (410), blocked, or out of attempts
+
+
 def sources_of(target: JobStatus) -> list[JobStatus]:
     """The statuses from which a job may move to `target`."""
     return [source for source, targets in TRANSITIONS.items() if target in targets]

@@ -89,8 +89,14 @@ def fake_ollama(ollama_server: FakeOllama) -> FakeOllama:
 
 
 @pytest.fixture(scope="module")
+def kiln_env(ollama_server: FakeOllama) -> dict[str, str]:
+    """The settings of a module's shared stack; a test module may override this fixture."""
+    return {"KILN_LLM_PROVIDER": "ollama", "KILN_OLLAMA_URL": ollama_server.url}
+
+
+@pytest.fixture(scope="module")
 def kiln(
-    backend: str, tmp_path_factory: pytest.TempPathFactory, ollama_server: FakeOllama
+    backend: str, tmp_path_factory: pytest.TempPathFactory, kiln_env: dict[str, str]
 ) -> Iterator[Kiln]:
     """A stack shared by the tests of one module, its LLM the fake Ollama. Tests that break
     things use `make_kiln` instead."""
@@ -98,12 +104,7 @@ def kiln(
     with (
         own_redis(directory / "redis") as redis_server,
         fresh_database(backend, directory / "db") as url,
-        running_kiln(
-            directory / "stack",
-            url,
-            redis_server.url,
-            {"KILN_LLM_PROVIDER": "ollama", "KILN_OLLAMA_URL": ollama_server.url},
-        ) as running,
+        running_kiln(directory / "stack", url, redis_server.url, kiln_env) as running,
     ):
         yield running
 

@@ -7,13 +7,14 @@ from typing import Any
 
 from celery import signals
 
-import workers.tasks.generate  # noqa: F401  (registers the task)
 from shared.broker import reset_redis
 from shared.celery_app import celery_app
 from shared.config import get_settings
 from shared.db import dispose_engine
 from shared.logs import configure_logging
 from shared.registry import WorkerHeartbeat
+from workers.flows.deliver import get_sender
+from workers.tasks import deliver, generate  # noqa: F401  (importing registers the tasks)
 
 app = celery_app
 _heartbeats: list[WorkerHeartbeat] = []  # this worker's, once it is ready
@@ -29,6 +30,7 @@ def _after_fork(**_: Any) -> None:
     # A forked pool process must not share the parent's DB or Redis sockets.
     dispose_engine()
     reset_redis()
+    get_sender.cache_clear()
 
 
 @signals.worker_ready.connect

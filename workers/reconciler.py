@@ -3,6 +3,8 @@
 - A queued job whose message is gone (Redis flushed or restarted) is published again.
 - A running job whose lease expired (its worker died) goes back to the queue with attempt + 1,
   or fails with `lease_expired` once it has used all its attempts.
+- A webhook delivery whose next attempt is due is published; one whose worker died mid-attempt
+  becomes pending again. Retries thus live in the database, not in Redis.
 One reconciler is active at a time (a Redis lock); others stand by.
 """
 
@@ -13,13 +15,14 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shared import crud, events, keys
+from shared import crud, keys, lifecycle
 from shared.broker import get_redis
 from shared.config import Settings, get_settings
 from shared.db import open_session
-from shared.dispatch import enqueue
+from shared.dispatch import dispatch_delivery, enqueue
 from shared.models import Job, utcnow
 from shared.states import JobStatus
+from shared.webhooks import outbox
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Repairs:
     republished: int = 0
     retried: int = 0
     failed: int = 0
+    deliveries: int = 0
 
 
 def reconcile_once(settings: Settings) -> Repairs:
@@ -53,12 +57,27 @@ def reconcile_once(settings: Settings) -> Repairs:
             if not is_published and enqueue(job.id, job.kind):
                 log.info("republished job %s whose message was lost", job.id)
                 repairs.republished += 1
+    repairs.deliveries = _publish_due_deliveries()
     return repairs
+
+
+def _publish_due_deliveries() -> int:
+    now = utcnow()
+    later = now + timedelta(seconds=outbox.REDISPATCH_AFTER_S)
+    published = 0
+    with open_session() as session:
+        crud.release_stalled_deliveries(session=session, now=now)
+        for delivery in crud.due_deliveries(session=session, now=now, limit=BATCH):
+            if crud.postpone_delivery(
+                session=session, delivery_id=delivery.id, now=now, until=later
+            ) and dispatch_delivery(delivery.id):
+                published += 1
+    return published
 
 
 def _retry(job: Job) -> int:
     with open_session() as session:
-        moved = crud.transition_job(
+        retried = lifecycle.change_status(
             session=session,
             job_id=job.id,
             to=JobStatus.queued,
@@ -68,11 +87,9 @@ def _retry(job: Job) -> int:
             lease_expires_at=None,
             worker=None,
         )
-        retried = crud.get_job(session=session, job_id=job.id) if moved else None
     if retried is None:
         return 0
     log.warning("job %s lost its worker; retrying as attempt %d", job.id, retried.attempt)
-    events.append_status(get_redis(), retried)
     enqueue(retried.id, retried.kind)
     return 1
 
@@ -80,7 +97,7 @@ def _retry(job: Job) -> int:
 def _fail_exhausted(job: Job) -> int:
     message = f"the job's worker stopped responding on each of its {job.attempt} attempts"
     with open_session() as session:
-        moved = crud.transition_job(
+        failed = lifecycle.change_status(
             session=session,
             job_id=job.id,
             to=JobStatus.failed,
@@ -89,11 +106,9 @@ def _fail_exhausted(job: Job) -> int:
             finished_at=utcnow(),
             lease_expires_at=None,
         )
-        failed = crud.get_job(session=session, job_id=job.id) if moved else None
     if failed is None:
         return 0
     log.error("job %s failed: %s", job.id, message)
-    events.append_status(get_redis(), failed)
     return 1
 
 
@@ -118,7 +133,7 @@ def run_forever(stop: threading.Event | None = None) -> None:
         try:
             if _hold_lock(owner, ttl_s):
                 repairs = reconcile_once(settings)
-                if repairs.republished or repairs.retried or repairs.failed:
+                if repairs != Repairs():
                     log.info("reconciled: %s", repairs)
         except Exception:
             log.warning("reconcile pass failed; trying again", exc_info=True)

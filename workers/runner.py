@@ -8,7 +8,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import crud, events, keys
+from shared import events, keys, lifecycle
 from shared.broker import get_redis
 from shared.config import Settings, get_settings
 from shared.db import open_session
@@ -38,10 +38,7 @@ class JobContext:
 
     def emit_progress(self, progress: dict[str, Any]) -> None:
         with open_session() as session:
-            crud.set_progress(
-                session=session, job_id=self.job.id, attempt=self.job.attempt, progress=progress
-            )
-        events.append(get_redis(), self.job.id, events.EVENT_PROGRESS, progress, refresh=False)
+            lifecycle.record_progress(session=session, job=self.job, progress=progress)
 
 
 Flow = Callable[[JobContext], dict[str, Any]]
@@ -69,7 +66,7 @@ def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
 def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
     now = utcnow()
     with open_session() as session:
-        claimed = crud.transition_job(
+        job = lifecycle.change_status(
             session=session,
             job_id=job_id,
             to=JobStatus.running,
@@ -77,11 +74,7 @@ def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             worker=worker,
         )
-        job = crud.get_job(session=session, job_id=job_id) if claimed else None
-    redis = get_redis()
-    redis.srem(keys.ENQUEUED_SET, job_id)
-    if job is not None:
-        events.append_status(redis, job)
+    get_redis().srem(keys.ENQUEUED_SET, job_id)
     return job
 
 
@@ -114,7 +107,7 @@ def _finish(
     error: dict[str, str] | None = None,
 ) -> None:
     with open_session() as session:
-        finished = crud.transition_job(
+        finished = lifecycle.change_status(
             session=session,
             job_id=job.id,
             to=status,
@@ -124,9 +117,7 @@ def _finish(
             finished_at=utcnow(),
             lease_expires_at=None,
         )
-        final = crud.get_job(session=session, job_id=job.id)
-    if not finished or final is None:
+    if finished is None:
         log.info("job was canceled or retried elsewhere; its outcome here is discarded")
         return
-    events.append_status(get_redis(), final)
     log.info("job %s", status, extra={"task": job.kind})

@@ -6,6 +6,8 @@ import typer
 
 from shared import crud
 from shared.db import open_session
+from shared.models import ApiKey
+from shared.webhooks.signing import new_secret
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -45,3 +47,20 @@ def revoke(key_id: str) -> None:
         typer.echo(f"no key with id {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def secret(
+    key_id: str,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Replace it with a new one.")] = False,
+) -> None:
+    """Print a key's webhook signing secret (`whsec_...`), or rotate it first."""
+    with open_session() as session:
+        api_key = session.get(ApiKey, key_id)
+        if api_key is None:
+            typer.echo(f"no key with id {key_id}", err=True)
+            raise typer.Exit(1)
+        current = api_key.webhook_secret
+        if rotate or current is None:
+            current = crud.set_signing_secret(session=session, api_key=api_key, secret=new_secret())
+    typer.echo(current)

@@ -3,6 +3,7 @@
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
 from shared import migrate
@@ -25,6 +26,9 @@ def test_migrations_match_the_models_and_run_both_ways(database_url: str) -> Non
             command.downgrade(config, "base")
         migrate.upgrade(database_url)
         with engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+            head = ScriptDirectory.from_config(
+                migrate.alembic_config(database_url)
+            ).get_current_head()
+            assert MigrationContext.configure(connection).get_current_revision() == head
     finally:
         engine.dispose()

@@ -146,3 +146,9 @@ def test_keys_and_migrate_commands(tmp_path: Path) -> None:
     assert kiln("keys", "revoke", key_id).returncode == 0
     assert f"{key_id}\t{key[:9]}…\tuser\trevoked\tci-bot" in kiln("keys", "list").stdout
     assert kiln("keys", "revoke", "key_nope").returncode == 1
+    secret = kiln("keys", "secret", key_id).stdout.strip()
+    assert secret.startswith("whsec_")
+    assert kiln("keys", "secret", key_id).stdout.strip() == secret
+    rotated = kiln("keys", "secret", key_id, "--rotate").stdout.strip()
+    assert rotated.startswith("whsec_")
+    assert rotated != secret

@@ -1,0 +1,79 @@
+"""Job status changes with everything that goes with them: the webhook delivery (in the same
+transaction), the status event on the job's stream, and the delivery's message."""
+
+import logging
+from typing import Any
+
+from redis.exceptions import RedisError
+from sqlmodel import Session
+
+from shared import crud, events
+from shared.broker import get_redis
+from shared.config import get_settings
+from shared.dispatch import dispatch_delivery
+from shared.models import Delivery, Job
+from shared.states import JobStatus
+from shared.webhooks import outbox
+
+log = logging.getLogger(__name__)
+
+
+def change_status(
+    *,
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    expected_attempt: int | None = None,
+    **values: Any,
+) -> Job | None:
+    """Move the job to `to` (see `crud.transition_job`); returns the job, or None if it lost."""
+    moved = crud.transition_job(
+        session=session,
+        job_id=job_id,
+        to=to,
+        expected_attempt=expected_attempt,
+        commit=False,
+        **values,
+    )
+    if not moved:
+        session.rollback()
+        return None
+    job = crud.get_job(session=session, job_id=job_id)
+    assert job is not None
+    event_type = outbox.EVENT_FOR_STATUS.get(to)
+    delivery = outbox.delivery_for(job, event_type, get_settings()) if event_type else None
+    if delivery is not None:
+        session.add(delivery)
+    session.commit()
+    _announce(job, delivery)
+    return job
+
+
+def record_progress(*, session: Session, job: Job, progress: dict[str, Any]) -> None:
+    """Store a running job's progress, tell its stream, and its webhook if it asked."""
+    if not crud.set_progress(
+        session=session, job_id=job.id, attempt=job.attempt, progress=progress
+    ):
+        session.rollback()
+        return
+    job.progress = progress
+    delivery = outbox.delivery_for(job, outbox.JOB_PROGRESS, get_settings())
+    if delivery is not None:
+        session.add(delivery)
+    session.commit()
+    try:
+        events.append(get_redis(), job.id, events.EVENT_PROGRESS, progress, refresh=False)
+    except RedisError:
+        log.warning("could not record a progress event of job %s", job.id)
+    if delivery is not None:
+        dispatch_delivery(delivery.id)
+
+
+def _announce(job: Job, delivery: Delivery | None) -> None:
+    try:
+        events.append_status(get_redis(), job)
+    except RedisError:
+        # The row holds the status; the SSE endpoint rebuilds a missing final event from it.
+        log.warning("could not record the %s event of job %s", job.status, job.id)
+    if delivery is not None:
+        dispatch_delivery(delivery.id)

@@ -1,0 +1,1 @@
+"""Webhook delivery: signing, retry policy, SSRF guard and the sender."""

@@ -1,0 +1,59 @@
+"""Turning job events into delivery rows, written in the same transaction as the change they
+report, so an event is never lost between the job's update and its webhook."""
+
+import json
+import secrets
+from datetime import timedelta
+
+from shared.config import Settings
+from shared.models import Delivery, Job, utcnow
+from shared.schemas import JobPublic
+from shared.states import JobStatus
+
+JOB_STARTED = "job.started"
+JOB_PROGRESS = "job.progress"
+JOB_SUCCEEDED = "job.succeeded"
+JOB_FAILED = "job.failed"
+JOB_CANCELED = "job.canceled"
+DEFAULT_EVENTS = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELED)  # when a job names no filter
+
+EVENT_FOR_STATUS = {
+    JobStatus.running: JOB_STARTED,
+    JobStatus.succeeded: JOB_SUCCEEDED,
+    JobStatus.failed: JOB_FAILED,
+    JobStatus.canceled: JOB_CANCELED,
+}
+
+REDISPATCH_AFTER_S = 60
+"""A pending delivery whose message was published is due again this much later: if the message
+was lost (Redis flushed, worker killed before it claimed), the reconciler publishes it anew."""
+
+
+def wants(job: Job, event_type: str) -> bool:
+    """Whether the job's webhook should hear of this event."""
+    if not job.webhook_url or job.webhook_gone_at is not None:
+        return False
+    return event_type in (job.webhook_events or DEFAULT_EVENTS)
+
+
+def delivery_for(job: Job, event_type: str, settings: Settings) -> Delivery | None:
+    """A pending delivery of the event with the job as it is now, or None if unwanted."""
+    if not wants(job, event_type) or job.webhook_url is None:
+        return None
+    event_id = "msg_" + secrets.token_hex(12)
+    now = utcnow()
+    body = {
+        "type": event_type,
+        "id": event_id,
+        "created_at": now.isoformat().replace("+00:00", "Z"),
+        "data": JobPublic.from_job(job, settings.public_url or "").model_dump(mode="json"),
+    }
+    return Delivery(
+        job_id=job.id,
+        owner_id=job.owner_id,
+        event_id=event_id,
+        event_type=event_type,
+        url=job.webhook_url,
+        payload=json.dumps(body, separators=(",", ":")),
+        next_attempt_at=now + timedelta(seconds=REDISPATCH_AFTER_S),
+    )

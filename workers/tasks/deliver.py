@@ -1,0 +1,11 @@
+"""The Celery task that makes webhook delivery attempts on the `callbacks` queue."""
+
+from shared.celery_app import TASK_DELIVER, celery_app
+from workers.flows.deliver import deliver
+
+
+@celery_app.task(name=TASK_DELIVER)
+def deliver_webhook(delivery_id: str) -> None:
+    # No Celery retries: the delivery's schedule lives in its row, driven by the reconciler,
+    # so it survives restarted workers and a flushed Redis.
+    deliver(delivery_id)
