@@ -209,7 +209,7 @@ def list_deliveries(
         status=status,
         before=cursor,
         limit=limit + 1,
-    )[: limit + 1]
+    )
     page = deliveries[:limit]
     attempts = crud.attempts_of(session=session, delivery_ids=[d.id for d in page])
     return [(delivery, attempts[delivery.id]) for delivery in page], len(deliveries) > limit
