@@ -6,12 +6,11 @@ import logging
 from datetime import timedelta
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.errors import field_name
-from shared import crud, events, keys, lifecycle
+from shared import crud, keys, lifecycle
 from shared.broker import get_redis
 from shared.config import Settings
 from shared.dispatch import dispatch_delivery, enqueue
@@ -115,11 +114,7 @@ def submit_job(
         if (replayed := _replay(existing, request_hash or "")) is None:
             raise
         return replayed, False
-    try:
-        events.append_status(get_redis(), job)
-    except RedisError:
-        log.warning("could not record the queued event of job %s", job.id)
-    enqueue(job.id, job.kind)
+    enqueue(job, announce=True)
     log.info("job %s queued", job.id, extra={"task": job.kind})
     return job, True
 

@@ -1,46 +1,59 @@
-"""Publishing a job's message to its queue (task id = job id)."""
+"""Publishing messages: a job's to its queue (task id = job id), a delivery's to `callbacks`.
+
+A message that could not be published loses nothing: the job or delivery stays pending in the
+database, and the reconciler publishes it once Redis answers again.
+"""
 
 import logging
+import uuid
+from functools import lru_cache
 
-from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import events, keys
 from shared.broker import get_redis
-from shared.celery_app import (
-    QUEUE_CALLBACKS,
-    QUEUE_FOR_TASK,
-    TASK_DELIVER,
-    TASK_FOR_KIND,
-    celery_app,
-)
+from shared.celery_app import QUEUE_CALLBACKS, QUEUE_FOR_TASK, TASK_DELIVER, TASK_FOR_KIND
+from shared.models import Job
+from shared.task_messages import TaskMessages
 
 log = logging.getLogger(__name__)
 
 
-def enqueue(job_id: str, kind: str) -> bool:
-    """Publish the job's message; False when the broker is unreachable.
+@lru_cache
+def _messages() -> TaskMessages:
+    return TaskMessages()
 
-    A job that could not be published stays queued in the database, and the reconciler
-    publishes it once Redis answers again, so a failure here loses nothing.
-    """
-    task = TASK_FOR_KIND[kind]
+
+def enqueue(job: Job, *, announce: bool = False) -> bool:
+    """Publish the job's message; with `announce`, its status event goes first, in the same
+    round trip, so the stream shows `queued` before any worker can say `running`."""
+    task = TASK_FOR_KIND[job.kind]
+    pipe = get_redis().pipeline(transaction=False)
+    if announce:
+        events.queue_status(pipe, job)
+    _messages().publish(pipe, task=task, task_id=job.id, args=[job.id], queue=QUEUE_FOR_TASK[task])
+    pipe.sadd(keys.ENQUEUED_SET, job.id)
     try:
-        celery_app.send_task(
-            task, args=[job_id], task_id=job_id, queue=QUEUE_FOR_TASK[task], retry=False
-        )
-        get_redis().sadd(keys.ENQUEUED_SET, job_id)
-    except (RedisError, OperationalError, OSError) as exc:
-        log.warning("could not publish job %s, the reconciler will: %s", job_id, exc)
+        pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("could not publish job %s, the reconciler will: %s", job.id, exc)
         return False
     return True
 
 
 def dispatch_delivery(delivery_id: str) -> bool:
-    """Publish a webhook delivery's message; the reconciler covers a failure here too."""
+    """Publish a webhook delivery's message."""
+    pipe = get_redis().pipeline(transaction=False)
+    _messages().publish(
+        pipe,
+        task=TASK_DELIVER,
+        task_id=str(uuid.uuid4()),
+        args=[delivery_id],
+        queue=QUEUE_CALLBACKS,
+    )
     try:
-        celery_app.send_task(TASK_DELIVER, args=[delivery_id], queue=QUEUE_CALLBACKS, retry=False)
-    except (RedisError, OperationalError, OSError) as exc:
+        pipe.execute()
+    except (RedisError, OSError) as exc:
         log.warning("could not publish delivery %s, the reconciler will: %s", delivery_id, exc)
         return False
     return True

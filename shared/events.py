@@ -54,23 +54,37 @@ def _fields(event_type: str, data: dict[str, Any]) -> dict[Any, Any]:
     return {"type": event_type, "data": json.dumps(data, separators=(",", ":"), default=str)}
 
 
+def _add(
+    target: "redis.Redis | redis.client.Pipeline",
+    job_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    refresh: bool,
+) -> None:
+    stream = keys.job_events(job_id)
+    target.xadd(stream, _fields(event_type, data), maxlen=STREAM_MAXLEN, approximate=True)
+    if refresh:
+        target.expire(stream, STREAM_TTL_S)
+
+
 def append(
     client: "redis.Redis", job_id: str, event_type: str, data: dict[str, Any], *, refresh: bool
 ) -> None:
     """Append one event; `refresh` also pushes the stream's expiry forward."""
-    stream = keys.job_events(job_id)
-    if not refresh:
-        client.xadd(stream, _fields(event_type, data), maxlen=STREAM_MAXLEN, approximate=True)
-        return
     pipe = client.pipeline(transaction=False)
-    pipe.xadd(stream, _fields(event_type, data), maxlen=STREAM_MAXLEN, approximate=True)
-    pipe.expire(stream, STREAM_TTL_S)
+    _add(pipe, job_id, event_type, data, refresh=refresh)
     pipe.execute()
 
 
 def append_status(client: "redis.Redis", job: Job) -> None:
     """Append the status event of the job as it now is."""
     append(client, job.id, EVENT_STATUS, status_data(job), refresh=True)
+
+
+def queue_status(pipe: "redis.client.Pipeline", job: Job) -> None:
+    """Add the job's status event to a pipeline the caller executes."""
+    _add(pipe, job.id, EVENT_STATUS, status_data(job), refresh=True)
 
 
 def append_token(client: "redis.Redis", job_id: str, delta: str) -> None:

@@ -54,7 +54,7 @@ def reconcile_once(settings: Settings) -> Repairs:
     if queued:
         published = get_redis().smismember(keys.ENQUEUED_SET, [job.id for job in queued])
         for job, is_published in zip(queued, published, strict=True):
-            if not is_published and enqueue(job.id, job.kind):
+            if not is_published and enqueue(job):
                 log.info("republished job %s whose message was lost", job.id)
                 repairs.republished += 1
     repairs.deliveries = _publish_due_deliveries()
@@ -90,7 +90,7 @@ def _retry(job: Job) -> int:
     if retried is None:
         return 0
     log.warning("job %s lost its worker; retrying as attempt %d", job.id, retried.attempt)
-    enqueue(retried.id, retried.kind)
+    enqueue(retried)
     return 1
 
 
