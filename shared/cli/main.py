@@ -88,6 +88,9 @@ def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "gpu,io,callbacks",
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     name: Annotated[str, typer.Option(help="Celery node name.")] = "kiln@%h",
+    pool: Annotated[
+        str, typer.Option(help="prefork (processes) or threads (for network-bound queues).")
+    ] = "prefork",
 ) -> None:
     """Run one Celery worker consuming the given queues."""
     from workers.app import app as celery
@@ -96,6 +99,7 @@ def worker(
     if "gpu" in names:
         concurrency = 1  # one inference at a time per GPU
     argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "-n", name, "-O", "fair"]
+    argv += ["-P", pool]
     argv += ["--without-mingle", "--without-gossip", "-l", get_settings().log_level]
     celery.worker_main(argv)
 

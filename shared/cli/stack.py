@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 STOP_GRACE_S = 5.0  # after SIGTERM, how long a child gets before SIGKILL
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+CALLBACK_THREADS = 8
 KILN = [sys.executable, "-m", "shared.cli"]
 
 
@@ -71,14 +72,16 @@ class Stack:
         self.env["KILN_REDIS_URL"] = self.resolve_redis()
         api = ["uvicorn", "api.main:create_app", "--factory", "--no-access-log"]
         api += ["--host", "127.0.0.1", "--port", str(self.port)]
-        queues = [
-            ("worker-gpu", "gpu", 1),
-            ("worker-io", "io,callbacks", self.worker_concurrency),
+        workers = [
+            ("worker-gpu", "gpu", 1, "prefork"),
+            ("worker-io", "io", self.worker_concurrency, "prefork"),
+            # Deliveries wait on the network, so threads overlap them at little memory cost.
+            ("worker-callbacks", "callbacks", CALLBACK_THREADS, "threads"),
         ]
         self.services["api"] = Service("api", [sys.executable, "-m", *api])
-        for name, queue_list, concurrency in queues:
-            argv = [*KILN, "worker", "--queues", queue_list, "--concurrency", str(concurrency)]
-            self.services[name] = Service(name, [*argv, "--name", f"{name}@%h"])
+        for name, queue, concurrency, pool in workers:
+            argv = [*KILN, "worker", "--queues", queue, "--concurrency", str(concurrency)]
+            self.services[name] = Service(name, [*argv, "--pool", pool, "--name", f"{name}@%h"])
         self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"])
         if self.flower_port is not None:
             flower = [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]

@@ -191,7 +191,7 @@ def _survive(hooked: Kiln) -> None:
     assert d[0]["attempts"][0]["outcome"] == "retry"
     assert d[0]["attempts"][0]["error"].startswith("request failed")
 
-    worker = hooked.stack.services["worker-io"].pid
+    worker = hooked.stack.services["worker-callbacks"].pid
     assert worker is not None
     os.killpg(worker, signal.SIGKILL)
     hooked.redis.flushall()

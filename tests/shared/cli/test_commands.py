@@ -112,7 +112,7 @@ def test_up_serves_until_ctrl_c_then_stops_every_process(tmp_path: Path) -> None
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "Flower did not start"
                 time.sleep(0.2)
-        assert len(_processes_with(marker)) >= 5  # api, 2 workers (+ pool), reconciler, flower
+        assert len(_processes_with(marker)) >= 6  # api, 3 workers (+ pools), reconciler, flower
 
         up.send_signal(signal.SIGINT)
         output, _ = up.communicate(timeout=20)
