@@ -1,23 +1,10 @@
-"""The Celery app object, its queues and its task names; it imports no task code, so the API
-can enqueue by name without loading what the workers run."""
+"""The Celery app object with Kiln's queues and reliability settings; it imports no task code."""
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from shared.config import Settings, get_settings
-
-QUEUE_GPU = "gpu"  # inference: one worker process per GPU, concurrency 1, prefetch 1
-QUEUE_IO = "io"  # GitHub, Pages and other network-bound steps
-QUEUE_CALLBACKS = "callbacks"  # webhook and evaluation-callback deliveries
-QUEUES = (QUEUE_GPU, QUEUE_IO, QUEUE_CALLBACKS)
-
-TASK_GENERATE = "kiln.generate"
-TASK_DELIVER = "kiln.deliver_webhook"
-
-TASK_FOR_KIND = {"generate": TASK_GENERATE}
-"""Which task runs each job kind."""
-
-QUEUE_FOR_TASK = {TASK_GENERATE: QUEUE_GPU, TASK_DELIVER: QUEUE_CALLBACKS}
+from shared.queues import QUEUE_FOR_TASK, QUEUE_IO, QUEUES
 
 TASK_SOFT_TIME_LIMIT_S = 1800  # the task gets SoftTimeLimitExceeded and can fail the job cleanly
 TASK_TIME_LIMIT_S = 1860  # then the pool kills the process; the reconciler retries the job

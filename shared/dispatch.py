@@ -12,8 +12,8 @@ from redis.exceptions import RedisError
 
 from shared import events, keys
 from shared.broker import get_redis
-from shared.celery_app import QUEUE_CALLBACKS, QUEUE_FOR_TASK, TASK_DELIVER, TASK_FOR_KIND
 from shared.models import Job
+from shared.queues import QUEUE_CALLBACKS, QUEUE_FOR_TASK, TASK_DELIVER, TASK_FOR_KIND
 from shared.task_messages import TaskMessages
 
 log = logging.getLogger(__name__)

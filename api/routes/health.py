@@ -7,7 +7,7 @@ from sqlalchemy import text
 from api.deps import SessionDep
 from api.errors import error_response
 from shared.broker import get_redis
-from shared.celery_app import QUEUES
+from shared.queues import QUEUES
 from shared.registry import live_queues
 from shared.schemas import ErrorResponse, Health, Readiness
 

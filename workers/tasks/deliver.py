@@ -1,6 +1,7 @@
 """The Celery task that makes webhook delivery attempts on the `callbacks` queue."""
 
-from shared.celery_app import TASK_DELIVER, celery_app
+from shared.celery_app import celery_app
+from shared.queues import TASK_DELIVER
 from workers.flows.deliver import deliver
 
 

@@ -2,7 +2,8 @@
 
 from celery import Task
 
-from shared.celery_app import TASK_GENERATE, celery_app
+from shared.celery_app import celery_app
+from shared.queues import TASK_GENERATE
 from workers.flows import generate
 from workers.runner import run_job
 

@@ -1,0 +1,15 @@
+"""Queue and task names, and which queue each task goes to. Plain names, no Celery import: the
+API publishes by name and never loads Celery or the code the workers run."""
+
+QUEUE_GPU = "gpu"  # inference: one worker process per GPU, concurrency 1, prefetch 1
+QUEUE_IO = "io"  # GitHub, Pages and other network-bound steps
+QUEUE_CALLBACKS = "callbacks"  # webhook and evaluation-callback deliveries
+QUEUES = (QUEUE_GPU, QUEUE_IO, QUEUE_CALLBACKS)
+
+TASK_GENERATE = "kiln.generate"
+TASK_DELIVER = "kiln.deliver_webhook"
+
+TASK_FOR_KIND = {"generate": TASK_GENERATE}
+"""Which task runs each job kind."""
+
+QUEUE_FOR_TASK = {TASK_GENERATE: QUEUE_GPU, TASK_DELIVER: QUEUE_CALLBACKS}
