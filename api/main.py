@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RequestIDMiddleware
-from api.routes import deliveries, health, jobs, keys
+from api.routes import deliveries, health, jobs, keys, sites, tasks
 from shared import crud
 from shared.config import get_settings
 from shared.db import open_session
@@ -36,6 +36,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIDMiddleware)
-    for router in (jobs.router, deliveries.router, keys.router, health.router):
+    routers = (jobs.router, tasks.router, deliveries.router, keys.router, health.router)
+    for router in (*routers, sites.router):
         app.include_router(router)
     return app

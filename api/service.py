@@ -1,9 +1,12 @@
 """What the routes call: submit, read and cancel jobs, manage keys. No HTTP in here."""
 
+import base64
 import hashlib
+import hmac
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -11,12 +14,14 @@ from sqlmodel import Session
 
 from api.errors import field_name
 from shared import crud, keys, lifecycle
+from shared.attachments import decode_all
 from shared.broker import get_redis
 from shared.config import Settings
+from shared.crud import ADMIN_KEY_ID
 from shared.dispatch import dispatch_delivery, enqueue
-from shared.exceptions import Conflict, IdempotencyKeyReused, InvalidInput, NotFound
+from shared.exceptions import Conflict, Forbidden, IdempotencyKeyReused, InvalidInput, NotFound
 from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
-from shared.schemas import KIND_INPUTS, JobCreate
+from shared.schemas import KIND_INPUTS, JobCreate, TaskBrief
 from shared.states import TERMINAL, DeliveryStatus, JobStatus
 from shared.webhooks.outbox import REDISPATCH_AFTER_S
 from shared.webhooks.signing import new_secret
@@ -32,26 +37,30 @@ def _owner_filter(api_key: ApiKey) -> str | None:
     return None if api_key.is_admin else api_key.id
 
 
+def _invalid(exc: ValidationError, prefix: tuple[str, ...]) -> InvalidInput:
+    """A 422 naming the first invalid field (`prefix` is where the validated part sits)."""
+    details = [
+        {"field": field_name((*prefix, *error["loc"])), "message": error["msg"]}
+        for error in exc.errors()
+    ]
+    first = details[0]
+    return InvalidInput(f"{first['field']}: {first['message']}", details=details)
+
+
 def _validated_input(body: JobCreate) -> dict[str, object]:
     try:
         model = KIND_INPUTS[body.kind].model_validate(body.input)
     except ValidationError as exc:
-        details = [
-            {"field": field_name(("input", *error["loc"])), "message": error["msg"]}
-            for error in exc.errors()
-        ]
-        first = details[0]
-        raise InvalidInput(f"{first['field']}: {first['message']}", details=details) from None
+        raise _invalid(exc, prefix=("input",)) from None
     return model.model_dump(mode="json", exclude_unset=True)
 
 
-def _vet_webhook_url(url: str, settings: Settings) -> None:
+def _vet_url_field(field: str, url: str, settings: Settings) -> None:
     try:
         vet_url(url, allow_private=settings.callback_allow_private)
     except BlockedDestination as exc:
         raise BlockedDestination(
-            f"webhook_url: {exc.message}",
-            details=[{"field": "webhook_url", "message": exc.message}],
+            f"{field}: {exc.message}", details=[{"field": field, "message": exc.message}]
         ) from None
 
 
@@ -83,7 +92,7 @@ def submit_job(
     """
     job_input = _validated_input(body)
     if body.webhook_url is not None:
-        _vet_webhook_url(str(body.webhook_url), settings)
+        _vet_url_field("webhook_url", str(body.webhook_url), settings)
     request_hash = _request_hash(body) if idempotency_key else None
     if idempotency_key:
         existing = crud.get_job_by_idempotency_key(
@@ -103,20 +112,73 @@ def submit_job(
         request_id=request_id,
         max_attempts=settings.job_max_attempts,
     )
+    stored, created = _insert_once(session, job)
+    return (stored, True) if created else (_replay(stored, request_hash or "") or stored, False)
+
+
+def _insert_once(session: Session, job: Job) -> tuple[Job, bool]:
+    """Insert and publish the job; if a concurrent request with the same idempotency key won
+    the insert, return that request's job instead (and False)."""
     try:
         crud.insert_job(session=session, job=job)
     except IntegrityError:
-        # A concurrent request with the same key won the insert.
         session.rollback()
         existing = crud.get_job_by_idempotency_key(
-            session=session, owner_id=api_key.id, key=idempotency_key or ""
+            session=session, owner_id=job.owner_id, key=job.idempotency_key or ""
         )
-        if (replayed := _replay(existing, request_hash or "")) is None:
+        if existing is None:
             raise
-        return replayed, False
+        return existing, False
     enqueue(job, announce=True)
     log.info("job %s queued", job.id, extra={"task": job.kind})
     return job, True
+
+
+def submit_brief(
+    *, session: Session, settings: Settings, body: dict[str, Any], request_id: str | None
+) -> tuple[Job, bool]:
+    """Check an app brief's secret, then validate it and create its `app` job (once per
+    task, round and nonce)."""
+    expected = settings.task_secret
+    given = body.get("secret")
+    if (
+        expected is None
+        or not isinstance(given, str)
+        or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
+    ):
+        raise Forbidden("the secret is wrong or missing")
+    try:
+        brief = TaskBrief.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc, prefix=()) from None
+    attachments = decode_all(
+        [(attachment.name, attachment.url) for attachment in brief.attachments],
+        max_bytes=settings.attachment_max_bytes,
+        max_total_bytes=settings.attachments_max_bytes,
+    )
+    _vet_url_field("evaluation_url", str(brief.evaluation_url), settings)
+    key = f"task/{brief.task}/{brief.round}/{brief.nonce}"[:255]
+    existing = crud.get_job_by_idempotency_key(session=session, owner_id=ADMIN_KEY_ID, key=key)
+    if existing is not None:
+        return existing, False
+    job_input = brief.model_dump(mode="json", exclude={"secret", "attachments"})
+    job_input["attachments"] = [
+        {
+            "name": attachment.name,
+            "media_type": attachment.media_type,
+            "data_b64": base64.b64encode(attachment.content).decode(),
+        }
+        for attachment in attachments
+    ]
+    job = Job(
+        kind="app",
+        input=job_input,
+        owner_id=ADMIN_KEY_ID,
+        idempotency_key=key,
+        request_id=request_id,
+        max_attempts=settings.job_max_attempts,
+    )
+    return _insert_once(session, job)
 
 
 def get_job(*, session: Session, api_key: ApiKey, job_id: str) -> Job:

@@ -16,6 +16,13 @@ def driver_url(url: str) -> str:
     return url
 
 
+class PublisherName(StrEnum):
+    """Where app builds are published."""
+
+    local = "local"  # a bare git repository and a site served by Kiln itself
+    github = "github"  # a public GitHub repository with GitHub Pages
+
+
 class LLMProviderName(StrEnum):
     """Which backend runs inference."""
 
@@ -70,6 +77,25 @@ class Settings(BaseSettings):
         False, description="Allow webhooks to loopback and private addresses (development only)."
     )
 
+    task_secret: SecretStr | None = Field(
+        None, description="The secret app briefs must carry; unset: every brief is refused."
+    )
+    attachment_max_bytes: int = Field(
+        2 * 1024 * 1024, gt=0, description="Largest decoded attachment of an app brief."
+    )
+    attachments_max_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Largest total of an app brief's decoded attachments."
+    )
+    publisher: PublisherName = Field(PublisherName.local, description="local | github")
+    github_api_url: str = Field("https://api.github.com", description="The GitHub REST API.")
+    github_token: SecretStr | None = Field(None, description="Fine-grained GitHub token.")
+    github_owner: str | None = Field(None, description="Org or user for repos; default: token's.")
+    pages_timeout_s: float = Field(300.0, gt=0, description="How long to wait for a live site.")
+    evaluation_deadline_s: float = Field(
+        600.0, gt=0, description="Evaluation callbacks are retried until this long after intake."
+    )
+    license_holder: str | None = Field(None, description="Name in the MIT licence of app repos.")
+
     @field_validator("webhook_retry_schedule")
     @classmethod
     def _valid_schedule(cls, value: str) -> str:
@@ -83,7 +109,7 @@ class Settings(BaseSettings):
         """The delay before each delivery attempt; its length is the number of attempts."""
         return [float(part) for part in self.webhook_retry_schedule.split(",")]
 
-    @field_validator("database_url", "redis_url", "public_url", mode="before")
+    @field_validator("database_url", "redis_url", "public_url", "github_owner", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -173,6 +173,25 @@ def set_progress(*, session: Session, job_id: str, attempt: int, progress: dict[
     return result.rowcount == 1
 
 
+def hand_off(
+    *, session: Session, job_id: str, attempt: int, artifacts: dict[str, Any], lease_until: datetime
+) -> bool:
+    """Store what the next step needs and hold the lease until it starts; False if the job
+    moved on (canceled, or retried elsewhere)."""
+    statement = (
+        update(Job)
+        .where(
+            col(Job.id) == job_id,
+            col(Job.status) == JobStatus.running,
+            col(Job.attempt) == attempt,
+        )
+        .values(artifacts=artifacts, lease_expires_at=lease_until)
+    )
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    session.commit()
+    return result.rowcount == 1
+
+
 def queued_jobs_before(*, session: Session, before: datetime, limit: int) -> list[Job]:
     """Queued jobs that entered the queue before `before`, oldest first."""
     statement = (
@@ -357,3 +376,15 @@ def release_stalled_deliveries(*, session: Session, now: datetime) -> int:
     result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
     session.commit()
     return int(result.rowcount)
+
+
+def unfinished_rounds_before(*, session: Session, task: str, job_id: str) -> list[Job]:
+    """Earlier app jobs of the same task that are still queued or running."""
+    prefix = f"task/{task}/".replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    statement = select(Job).where(
+        Job.kind == "app",
+        col(Job.idempotency_key).like(prefix + "%", escape="\\"),
+        col(Job.status).in_([JobStatus.queued, JobStatus.running]),
+        col(Job.id) < job_id,
+    )
+    return list(session.exec(statement))

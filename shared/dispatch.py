@@ -57,3 +57,21 @@ def dispatch_delivery(delivery_id: str) -> bool:
         log.warning("could not publish delivery %s, the reconciler will: %s", delivery_id, exc)
         return False
     return True
+
+
+def dispatch_step(task: str, job_id: str, attempt: int) -> bool:
+    """Publish the next step of a job's attempt; a lost one is retried via the job's lease."""
+    pipe = get_redis().pipeline(transaction=False)
+    _messages().publish(
+        pipe,
+        task=task,
+        task_id=str(uuid.uuid4()),
+        args=[job_id, attempt],
+        queue=QUEUE_FOR_TASK[task],
+    )
+    try:
+        pipe.execute()
+    except (RedisError, OSError) as exc:
+        log.warning("could not publish the next step of job %s: %s", job_id, exc)
+        return False
+    return True

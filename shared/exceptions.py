@@ -101,3 +101,10 @@ class LeaseExpired(JobError):
 
 class JobCanceled(Exception):
     """Raised inside a worker when the job it runs was canceled; the job is already terminal."""
+
+
+class PublishFailed(JobError):
+    """The repository or its site could not be published."""
+
+    code = "publish_failed"
+    status_code = 502

@@ -24,9 +24,13 @@ def change_status(
     job_id: str,
     to: JobStatus,
     expected_attempt: int | None = None,
+    also_deliver: Delivery | None = None,
     **values: Any,
 ) -> Job | None:
-    """Move the job to `to` (see `crud.transition_job`); returns the job, or None if it lost."""
+    """Move the job to `to` (see `crud.transition_job`); returns the job, or None if it lost.
+
+    `also_deliver` is one more delivery (an evaluation callback) written with the change.
+    """
     moved = crud.transition_job(
         session=session,
         job_id=job_id,
@@ -42,10 +46,10 @@ def change_status(
     assert job is not None
     event_type = outbox.EVENT_FOR_STATUS.get(to)
     delivery = outbox.delivery_for(job, event_type, get_settings()) if event_type else None
-    if delivery is not None:
-        session.add(delivery)
+    deliveries = [d for d in (delivery, also_deliver) if d is not None]
+    session.add_all(deliveries)
     session.commit()
-    _announce(job, delivery)
+    _announce(job, deliveries)
     return job
 
 
@@ -69,11 +73,11 @@ def record_progress(*, session: Session, job: Job, progress: dict[str, Any]) -> 
         dispatch_delivery(delivery.id)
 
 
-def _announce(job: Job, delivery: Delivery | None) -> None:
+def _announce(job: Job, deliveries: list[Delivery]) -> None:
     try:
         events.append_status(get_redis(), job)
     except RedisError:
         # The row holds the status; the SSE endpoint rebuilds a missing final event from it.
         log.warning("could not record the %s event of job %s", job.status, job.id)
-    if delivery is not None:
+    for delivery in deliveries:
         dispatch_delivery(delivery.id)

@@ -102,6 +102,7 @@ class Job(SQLModel, table=True):
     result: dict[str, Any] | None = _json()
     error: dict[str, Any] | None = _json()  # {"code", "message"}
     progress: dict[str, Any] | None = _json()
+    artifacts: dict[str, Any] | None = _json()  # what one step of a chained job hands the next
     meta: dict[str, Any] | None = Field(default=None, sa_column=Column("metadata", JSON))
     attempt: int = 1
     max_attempts: int = 3
@@ -145,6 +146,8 @@ class Delivery(SQLModel, table=True):
     status: DeliveryStatus = Field(
         default=DeliveryStatus.pending, sa_column=Column(String(16), nullable=False)
     )
+    policy: str = Field(default="webhook", max_length=16)  # webhook | evaluation
+    deadline_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # evaluation only
     attempts: int = 0  # made since the delivery (or its manual redelivery) began
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)  # while delivering

@@ -8,8 +8,15 @@ QUEUES = (QUEUE_GPU, QUEUE_IO, QUEUE_CALLBACKS)
 
 TASK_GENERATE = "kiln.generate"
 TASK_DELIVER = "kiln.deliver_webhook"
+TASK_APP_GENERATE = "kiln.app.generate"  # an app build's first step: the LLM writes the files
+TASK_APP_PUBLISH = "kiln.app.publish"  # its second: commit, deploy, wait, notify
 
-TASK_FOR_KIND = {"generate": TASK_GENERATE}
-"""Which task runs each job kind."""
+TASK_FOR_KIND = {"generate": TASK_GENERATE, "app": TASK_APP_GENERATE}
+"""Which task starts each job kind."""
 
-QUEUE_FOR_TASK = {TASK_GENERATE: QUEUE_GPU, TASK_DELIVER: QUEUE_CALLBACKS}
+QUEUE_FOR_TASK = {
+    TASK_GENERATE: QUEUE_GPU,
+    TASK_DELIVER: QUEUE_CALLBACKS,
+    TASK_APP_GENERATE: QUEUE_GPU,
+    TASK_APP_PUBLISH: QUEUE_IO,
+}

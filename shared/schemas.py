@@ -28,6 +28,9 @@ KIND_INPUTS: dict[str, type[BaseModel]] = {"generate": GenerateInput}
 """The input model of each job kind the API accepts."""
 
 JobKind = Literal["generate"]
+"""The kinds `POST /v1/jobs` creates; app builds come in as briefs (`/api-endpoint`)."""
+
+AnyJobKind = Literal["generate", "app"]
 
 WebhookEvent = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
 
@@ -204,3 +207,33 @@ class WebhookSecret(BaseModel):
     """The secret that signs this key's webhooks (Standard Webhooks, `whsec_...`)."""
 
     secret: str
+
+
+class AttachmentIn(BaseModel):
+    """An attachment of an app brief: a name and a `data:` URI."""
+
+    name: str = Field(min_length=1, max_length=255)
+    url: str = Field(min_length=5, description="A data: URI (base64 or percent-encoded).")
+
+
+class TaskBrief(BaseModel):
+    """An app brief as an evaluator sends it (the "LLM code deployment" task format)."""
+
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    secret: str = Field(max_length=1024)
+    task: str = Field(min_length=1, max_length=200)
+    round: int = Field(ge=1, le=100)
+    nonce: str = Field(min_length=1, max_length=200)
+    brief: str = Field(min_length=1, max_length=50_000)
+    checks: list[str] = Field(default_factory=list, max_length=200)
+    evaluation_url: AnyHttpUrl
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=50)
+
+
+class TaskAccepted(BaseModel):
+    """The immediate answer to an app brief."""
+
+    status: Literal["accepted"]
+    job_id: str
+    task: str
+    round: int

@@ -14,7 +14,8 @@ from shared.db import dispose_engine
 from shared.logs import configure_logging
 from shared.registry import WorkerHeartbeat
 from workers.flows.deliver import get_sender
-from workers.tasks import deliver, generate  # noqa: F401  (importing registers the tasks)
+from workers.tasks import app as app_tasks  # noqa: F401  (importing registers the tasks)
+from workers.tasks import deliver, generate  # noqa: F401
 
 app = celery_app
 _heartbeats: list[WorkerHeartbeat] = []  # this worker's, once it is ready

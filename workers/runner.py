@@ -1,4 +1,8 @@
-"""Runs one job: claim it, keep its lease, call its flow, and record exactly one outcome."""
+"""Runs one job: claim it, keep its lease, call its flow, and record exactly one outcome.
+
+A job of several steps (tasks on different queues) hands itself on: the flow of one step returns
+a `Handoff`, and the next step's task continues the same attempt of the job.
+"""
 
 import logging
 from collections.abc import Callable
@@ -8,13 +12,14 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import events, keys, lifecycle
+from shared import crud, events, keys, lifecycle
 from shared.broker import get_redis
 from shared.config import Settings, get_settings
 from shared.db import open_session
+from shared.dispatch import dispatch_step
 from shared.exceptions import JobCanceled, JobError
 from shared.logs import job_id_var, request_id_var
-from shared.models import Job, utcnow
+from shared.models import Delivery, Job, utcnow
 from shared.states import JobStatus
 from workers.lease import LeaseKeeper
 
@@ -41,8 +46,26 @@ class JobContext:
             lifecycle.record_progress(session=session, job=self.job, progress=progress)
 
 
-Flow = Callable[[JobContext], dict[str, Any]]
-"""The body of a job kind: returns the job's result or raises JobError."""
+@dataclass(frozen=True)
+class Handoff:
+    """A step's answer when the job goes on in another task: which, and what it needs."""
+
+    task: str
+    artifacts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A flow's result with one more delivery to write in the same transaction."""
+
+    result: dict[str, Any]
+    also_deliver: Delivery | None = None
+
+
+Flow = Callable[[JobContext], dict[str, Any] | Handoff | Completion]
+"""The body of a job kind (or of one step): the job's result, a `Handoff`, or a JobError."""
+
+HANDOFF_LEASE_S = 600  # time for the next step's message to be picked up from its queue
 
 
 def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
@@ -52,15 +75,48 @@ def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
     if job is None:
         log.info("job %s is not queued (duplicate or stale message); skipping", job_id)
         return
+    _run(job, flow)
+
+
+def continue_job(job_id: str, attempt: int, flow: Flow) -> None:
+    """Execute a later step of a job, if the job is still running that attempt."""
+    with open_session() as session:
+        job = crud.get_job(session=session, job_id=job_id)
+    if job is None or job.status != JobStatus.running or job.attempt != attempt:
+        log.info("job %s moved on; skipping its step for attempt %d", job_id, attempt)
+        return
+    _run(job, flow)
+
+
+def _run(job: Job, flow: Flow) -> None:
+    settings = get_settings()
     request_token = request_id_var.set(job.request_id)
     job_token = job_id_var.set(job.id)
     try:
         log.info("job started", extra={"task": job.kind})
         with LeaseKeeper(job.id, job.attempt, settings.lease_seconds) as lease:
-            _execute(JobContext(job=job, settings=settings, lease=lease), flow)
+            handoff = _execute(JobContext(job=job, settings=settings, lease=lease), flow)
+        # After the lease keeper stopped, so that no renewal shortens the hand-off lease.
+        if handoff is not None:
+            _hand_off(job, handoff)
     finally:
         job_id_var.reset(job_token)
         request_id_var.reset(request_token)
+
+
+def _hand_off(job: Job, handoff: Handoff) -> None:
+    until = utcnow() + timedelta(seconds=HANDOFF_LEASE_S)
+    with open_session() as session:
+        kept = crud.hand_off(
+            session=session,
+            job_id=job.id,
+            attempt=job.attempt,
+            artifacts=handoff.artifacts,
+            lease_until=until,
+        )
+    if kept:
+        dispatch_step(handoff.task, job.id, job.attempt)
+        log.info("job handed on to %s", handoff.task)
 
 
 def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
@@ -78,25 +134,31 @@ def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
     return job
 
 
-def _execute(context: JobContext, flow: Flow) -> None:
+def _execute(context: JobContext, flow: Flow) -> Handoff | None:
     job = context.job
     try:
         result = flow(context)
     except JobCanceled:
         log.info("job stopped: canceled")
-        return
+        return None
     except JobError as exc:
         _finish(job, JobStatus.failed, error={"code": exc.code, "message": exc.message})
-        return
+        return None
     except SoftTimeLimitExceeded:
         _finish(job, JobStatus.failed, error={"code": "timeout", "message": "the job ran too long"})
-        return
+        return None
     except Exception as exc:
         log.exception("job failed with an unexpected error")
         message = f"the worker hit an unexpected error ({type(exc).__name__})"
         _finish(job, JobStatus.failed, error={"code": "internal_error", "message": message})
-        return
-    _finish(job, JobStatus.succeeded, result=result)
+        return None
+    if isinstance(result, Handoff):
+        return result
+    if isinstance(result, Completion):
+        _finish(job, JobStatus.succeeded, result=result.result, also_deliver=result.also_deliver)
+    else:
+        _finish(job, JobStatus.succeeded, result=result)
+    return None
 
 
 def _finish(
@@ -105,6 +167,7 @@ def _finish(
     *,
     result: dict[str, Any] | None = None,
     error: dict[str, str] | None = None,
+    also_deliver: Delivery | None = None,
 ) -> None:
     with open_session() as session:
         finished = lifecycle.change_status(
@@ -112,6 +175,7 @@ def _finish(
             job_id=job.id,
             to=status,
             expected_attempt=job.attempt,
+            also_deliver=also_deliver,
             result=result,
             error=error,
             finished_at=utcnow(),

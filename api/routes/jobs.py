@@ -10,7 +10,7 @@ from api import service
 from api.deps import BaseURLDep, KeyDep, SessionDep, SettingsDep
 from api.event_stream import job_events
 from shared.logs import request_id_var
-from shared.schemas import ErrorResponse, JobCreate, JobKind, JobList, JobPublic
+from shared.schemas import AnyJobKind, ErrorResponse, JobCreate, JobList, JobPublic
 from shared.states import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -56,7 +56,7 @@ def list_jobs(
     api_key: KeyDep,
     base_url: BaseURLDep,
     status: JobStatus | None = None,
-    kind: JobKind | None = None,
+    kind: AnyJobKind | None = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobList:

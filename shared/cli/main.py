@@ -55,6 +55,8 @@ def up(
     )
     if settings.redis_url:
         stack.env["KILN_REDIS_URL"] = settings.redis_url
+    if settings.public_url:
+        stack.env["KILN_PUBLIC_URL"] = settings.public_url
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

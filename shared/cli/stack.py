@@ -70,6 +70,7 @@ class Stack:
     def start(self) -> None:
         """Start Redis if needed, then every service."""
         self.env["KILN_REDIS_URL"] = self.resolve_redis()
+        self.env.setdefault("KILN_PUBLIC_URL", self.api_url)
         api = ["uvicorn", "api.main:create_app", "--factory", "--no-access-log"]
         api += ["--host", "127.0.0.1", "--port", str(self.port)]
         workers = [

@@ -4,6 +4,7 @@ report, so an event is never lost between the job's update and its webhook."""
 import json
 import secrets
 from datetime import timedelta
+from typing import Any
 
 from shared.config import Settings
 from shared.models import Delivery, Job, utcnow
@@ -23,6 +24,9 @@ EVENT_FOR_STATUS = {
     JobStatus.failed: JOB_FAILED,
     JobStatus.canceled: JOB_CANCELED,
 }
+
+EVALUATION_POLICY = "evaluation"  # app builds' callbacks: 200 only, retried until a deadline
+JOB_EVALUATED = "job.evaluation"
 
 REDISPATCH_AFTER_S = 60
 """A pending delivery whose message was published is due again this much later: if the message
@@ -55,5 +59,21 @@ def delivery_for(job: Job, event_type: str, settings: Settings) -> Delivery | No
         event_type=event_type,
         url=job.webhook_url,
         payload=json.dumps(body, separators=(",", ":")),
+        next_attempt_at=now + timedelta(seconds=REDISPATCH_AFTER_S),
+    )
+
+
+def evaluation_delivery(job: Job, url: str, body: dict[str, Any], deadline_s: float) -> Delivery:
+    """The callback an app build owes its evaluator, under the evaluation policy."""
+    now = utcnow()
+    return Delivery(
+        job_id=job.id,
+        owner_id=job.owner_id,
+        event_id="msg_" + secrets.token_hex(12),
+        event_type=JOB_EVALUATED,
+        url=url,
+        payload=json.dumps(body, separators=(",", ":")),
+        policy=EVALUATION_POLICY,
+        deadline_at=job.created_at + timedelta(seconds=deadline_s),
         next_attempt_at=now + timedelta(seconds=REDISPATCH_AFTER_S),
     )

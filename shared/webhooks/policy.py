@@ -62,3 +62,9 @@ def next_delay(
         return None
     delay = (rng or random).uniform(0, delays[attempts_made])
     return max(delay, retry_after) if retry_after is not None else delay
+
+
+def evaluation_delay(attempts_made: int, seconds_left: float) -> float | None:
+    """Evaluation callbacks: 1, 2, 4, 8… seconds between attempts, while the deadline allows."""
+    delay = float(2 ** (attempts_made - 1))
+    return delay if delay <= seconds_left else None

@@ -87,6 +87,7 @@ class FakeOllama:
         self.error_after: int | None = None  # send an `{"error": ...}` line after N tokens
         self.error_message = DEFAULT_ERROR
         self.requests: list[dict[str, Any]] = []  # bodies of /api/generate, in arrival order
+        self.replies: list[str] = []  # scripted completions, used (and removed) one per request
 
     def start(self) -> Self:
         """Serve in a background thread; after `stop()` this serves again on the same port."""
@@ -169,7 +170,10 @@ class FakeOllama:
         if _tagged(model) not in {_tagged(name) for name in self.models}:
             return _error(404, f'model "{model}" not found, try pulling it first')
 
-        tokens, done_reason = _tokens(body)
+        if self.replies:
+            tokens, done_reason = re.findall(r"\s*\S+", self.replies.pop(0)), "stop"
+        else:
+            tokens, done_reason = _tokens(body)
         final = _final(model, body, eval_count=len(tokens), done_reason=done_reason)
         if body.get("stream") is not False:  # Ollama streams unless told not to
             return StreamingResponse(self._stream(model, tokens, final), media_type=NDJSON)

@@ -12,7 +12,14 @@ from shared.config import get_settings
 from shared.db import open_session
 from shared.models import Delivery, DeliveryAttempt, utcnow
 from shared.states import DeliveryStatus
-from shared.webhooks.policy import Verdict, judge, next_delay, parse_retry_after
+from shared.webhooks.outbox import EVALUATION_POLICY
+from shared.webhooks.policy import (
+    Verdict,
+    evaluation_delay,
+    judge,
+    next_delay,
+    parse_retry_after,
+)
 from shared.webhooks.sender import Answer, WebhookSender
 from shared.webhooks.signing import signed_headers
 from shared.webhooks.ssrf import redact_url
@@ -54,17 +61,37 @@ def deliver(delivery_id: str) -> None:
     _record(delivery, answer)
 
 
+def _webhook_verdict(
+    answer: Answer, number: int, delays: list[float]
+) -> tuple[Verdict, float | None]:
+    verdict = Verdict.failed if answer.blocked else judge(answer.status_code)
+    if verdict != Verdict.retry:
+        return verdict, None
+    retry_after = parse_retry_after(answer.retry_after, utcnow())
+    delay = next_delay(number, delays, retry_after)
+    return (Verdict.failed, None) if delay is None else (verdict, delay)
+
+
+def _evaluation_verdict(
+    delivery: Delivery, answer: Answer, number: int
+) -> tuple[Verdict, float | None]:
+    """The task format's rule: only a 200 counts; anything else is retried until the deadline."""
+    if answer.status_code == 200:
+        return Verdict.succeeded, None
+    if answer.blocked or delivery.deadline_at is None:
+        return Verdict.failed, None
+    delay = evaluation_delay(number, (delivery.deadline_at - utcnow()).total_seconds())
+    return (Verdict.failed, None) if delay is None else (Verdict.retry, delay)
+
+
 def _record(delivery: Delivery, answer: Answer) -> None:
     settings = get_settings()
     now = utcnow()
     number = delivery.attempts + 1
-    verdict = Verdict.failed if answer.blocked else judge(answer.status_code)
-    delay = None
-    if verdict == Verdict.retry:
-        retry_after = parse_retry_after(answer.retry_after, now)
-        delay = next_delay(number, settings.webhook_delays, retry_after)
-        if delay is None:
-            verdict = Verdict.failed
+    if delivery.policy == EVALUATION_POLICY:
+        verdict, delay = _evaluation_verdict(delivery, answer, number)
+    else:
+        verdict, delay = _webhook_verdict(answer, number, settings.webhook_delays)
     outcome = "retry" if delay is not None else verdict.value
     error = answer.error
     if verdict == Verdict.failed and error is None:
