@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RequestIDMiddleware
 from api.routes import deliveries, health, jobs, keys, sites, tasks
+from api.routes.tasks import BRIEF_PATHS
 from shared import crud
 from shared.config import get_settings
 from shared.db import open_session
@@ -34,7 +35,13 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # A brief carries its attachments base64-encoded (4 bytes for every 3) in its JSON body.
+    brief_bytes = max(settings.max_body_bytes, settings.attachments_max_bytes * 4 // 3 + 65_536)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path=dict.fromkeys(BRIEF_PATHS, brief_bytes),
+    )
     app.add_middleware(RequestIDMiddleware)
     routers = (jobs.router, tasks.router, deliveries.router, keys.router, health.router)
     for router in (*routers, sites.router):

@@ -40,19 +40,24 @@ class RequestIDMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Answers 413 to a body over `max_bytes`, whether or not it declares its length."""
+    """Answers 413 to a body over `max_bytes` (or the limit `per_path` sets for a path),
+    whether or not it declares its length."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.default_max_bytes)
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _reject(max_bytes, scope, receive, send)
             return
         if declared is not None:
             await self.app(scope, receive, send)
@@ -66,8 +71,8 @@ class BodySizeLimitMiddleware:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(scope, receive, send)
+            if size > max_bytes:
+                await _reject(max_bytes, scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -84,11 +89,12 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, "payload_too_large", f"the request body exceeds {self.max_bytes} bytes"
-        )
-        await response(scope, receive, send)
+
+async def _reject(max_bytes: int, scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_response(
+        413, "payload_too_large", f"the request body exceeds {max_bytes} bytes"
+    )
+    await response(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

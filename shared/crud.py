@@ -3,7 +3,7 @@
 import hashlib
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col, select
@@ -11,6 +11,8 @@ from sqlmodel import Session, col, select
 from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
 from shared.states import DeliveryStatus, JobStatus, sources_of
 from shared.webhooks.signing import new_secret
+
+Row = TypeVar("Row", Job, Delivery)
 
 KEY_PREFIX = "kiln_"  # every API key starts with it, so scanners recognise leaked keys
 ADMIN_KEY_ID = "admin"  # the key bootstrapped from KILN_ADMIN_API_KEY
@@ -103,15 +105,23 @@ def list_jobs(
     limit: int = 20,
 ) -> list[Job]:
     """Jobs newest first; `before` is the id of the last job of the previous page."""
-    statement = select(Job).order_by(col(Job.id).desc()).limit(limit)
-    if owner_id is not None:
-        statement = statement.where(Job.owner_id == owner_id)
-    if status is not None:
-        statement = statement.where(Job.status == status)
-    if kind is not None:
-        statement = statement.where(Job.kind == kind)
+    return _newest_first(
+        session, Job, before=before, limit=limit, owner_id=owner_id, status=status, kind=kind
+    )
+
+
+def _newest_first(
+    session: Session, table: type[Row], *, before: str | None, limit: int, **equal: object
+) -> list[Row]:
+    """A page of rows of a table whose ids sort by creation, newest first, filtered on the
+    columns in `equal` whose value is not None."""
+    row_id = getattr(table, "id")  # noqa: B009  (every paged table has an `id` column)
+    statement = select(table).order_by(row_id.desc()).limit(limit)
+    for column, value in equal.items():
+        if value is not None:
+            statement = statement.where(getattr(table, column) == value)
     if before is not None:
-        statement = statement.where(col(Job.id) < before)
+        statement = statement.where(row_id < before)
     return list(session.exec(statement))
 
 
@@ -247,16 +257,15 @@ def list_deliveries(
     limit: int = 100,
 ) -> list[Delivery]:
     """Deliveries newest first, of one job or of all an owner's jobs."""
-    statement = select(Delivery).order_by(col(Delivery.id).desc()).limit(limit)
-    if owner_id is not None:
-        statement = statement.where(Delivery.owner_id == owner_id)
-    if job_id is not None:
-        statement = statement.where(Delivery.job_id == job_id)
-    if status is not None:
-        statement = statement.where(Delivery.status == status)
-    if before is not None:
-        statement = statement.where(col(Delivery.id) < before)
-    return list(session.exec(statement))
+    return _newest_first(
+        session,
+        Delivery,
+        before=before,
+        limit=limit,
+        owner_id=owner_id,
+        job_id=job_id,
+        status=status,
+    )
 
 
 def attempts_of(*, session: Session, delivery_ids: list[str]) -> dict[str, list[DeliveryAttempt]]:

@@ -7,13 +7,15 @@ database, and the reconciler publishes it once Redis answers again.
 import logging
 import uuid
 from functools import lru_cache
+from typing import Any
 
+import redis
 from redis.exceptions import RedisError
 
 from shared import events, keys
 from shared.broker import get_redis
 from shared.models import Job
-from shared.queues import QUEUE_CALLBACKS, QUEUE_FOR_TASK, TASK_DELIVER, TASK_FOR_KIND
+from shared.queues import QUEUE_FOR_TASK, TASK_DELIVER, TASK_FOR_KIND
 from shared.task_messages import TaskMessages
 
 log = logging.getLogger(__name__)
@@ -33,45 +35,30 @@ def enqueue(job: Job, *, announce: bool = False) -> bool:
         events.queue_status(pipe, job)
     _messages().publish(pipe, task=task, task_id=job.id, args=[job.id], queue=QUEUE_FOR_TASK[task])
     pipe.sadd(keys.ENQUEUED_SET, job.id)
-    try:
-        pipe.execute()
-    except (RedisError, OSError) as exc:
-        log.warning("could not publish job %s, the reconciler will: %s", job.id, exc)
-        return False
-    return True
+    return _send(pipe, f"job {job.id}")
 
 
 def dispatch_delivery(delivery_id: str) -> bool:
     """Publish a webhook delivery's message."""
-    pipe = get_redis().pipeline(transaction=False)
-    _messages().publish(
-        pipe,
-        task=TASK_DELIVER,
-        task_id=str(uuid.uuid4()),
-        args=[delivery_id],
-        queue=QUEUE_CALLBACKS,
-    )
-    try:
-        pipe.execute()
-    except (RedisError, OSError) as exc:
-        log.warning("could not publish delivery %s, the reconciler will: %s", delivery_id, exc)
-        return False
-    return True
+    return _publish(TASK_DELIVER, [delivery_id], f"delivery {delivery_id}")
 
 
 def dispatch_step(task: str, job_id: str, attempt: int) -> bool:
     """Publish the next step of a job's attempt; a lost one is retried via the job's lease."""
+    return _publish(task, [job_id, attempt], f"the next step of job {job_id}")
+
+
+def _publish(task: str, args: list[Any], what: str) -> bool:
     pipe = get_redis().pipeline(transaction=False)
-    _messages().publish(
-        pipe,
-        task=task,
-        task_id=str(uuid.uuid4()),
-        args=[job_id, attempt],
-        queue=QUEUE_FOR_TASK[task],
-    )
+    queue = QUEUE_FOR_TASK[task]
+    _messages().publish(pipe, task=task, task_id=str(uuid.uuid4()), args=args, queue=queue)
+    return _send(pipe, what)
+
+
+def _send(pipe: "redis.client.Pipeline", what: str) -> bool:
     try:
         pipe.execute()
     except (RedisError, OSError) as exc:
-        log.warning("could not publish the next step of job %s: %s", job_id, exc)
+        log.warning("could not publish %s; the reconciler will: %s", what, exc)
         return False
     return True

@@ -37,7 +37,9 @@ def accept_brief(
     )
 
 
-for path in ("/api-endpoint", "/v1/tasks"):
+BRIEF_PATHS = ("/api-endpoint", "/v1/tasks")
+
+for path in BRIEF_PATHS:
     router.add_api_route(
         path,
         accept_brief,
