@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import CursorResult, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
@@ -40,15 +41,25 @@ def create_api_key(*, session: Session, name: str, is_admin: bool = False) -> tu
 
 
 def ensure_admin_key(*, session: Session, key: str) -> ApiKey:
-    """Create or update the admin key row so that `key` authenticates as the admin."""
-    admin = session.get(ApiKey, ADMIN_KEY_ID)
-    if admin is None:
-        admin = ApiKey(id=ADMIN_KEY_ID, name="admin", key_hash="", prefix="", is_admin=True)
-    admin.key_hash, admin.prefix, admin.revoked_at = hash_key(key), key[:9], None
-    admin.webhook_secret = admin.webhook_secret or new_secret()
-    session.add(admin)
-    session.commit()
-    return admin
+    """Create or update the admin key row so that `key` authenticates as the admin.
+
+    Several API processes start at once and each runs this: one that loses the race to insert
+    the row updates the winner's instead.
+    """
+    for _ in range(2):
+        admin = session.get(ApiKey, ADMIN_KEY_ID, populate_existing=True)
+        if admin is None:
+            admin = ApiKey(id=ADMIN_KEY_ID, name="admin", key_hash="", prefix="", is_admin=True)
+        admin.key_hash, admin.prefix, admin.revoked_at = hash_key(key), key[:9], None
+        admin.webhook_secret = admin.webhook_secret or new_secret()
+        session.add(admin)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            continue
+        return admin
+    raise RuntimeError("could not write the admin key")
 
 
 def get_active_key(*, session: Session, key: str) -> ApiKey | None:

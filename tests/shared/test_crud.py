@@ -2,8 +2,10 @@
 states final."""
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -80,3 +82,20 @@ def test_an_idempotency_key_is_unique_per_owner(session: Session) -> None:
 
     with pytest.raises(IntegrityError):
         _job(session, idempotency_key="k")
+
+
+def test_the_admin_key_survives_racing_writers(database_url: str) -> None:
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(lambda _: _write_admin(engine), range(6)))
+        with Session(engine) as session:
+            assert crud.get_active_key(session=session, key="kiln_admin-key-for-tests") is not None
+    finally:
+        engine.dispose()
+
+
+def _write_admin(engine: Engine) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        crud.ensure_admin_key(session=session, key="kiln_admin-key-for-tests")
