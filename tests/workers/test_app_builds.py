@@ -86,6 +86,13 @@ def test_two_rounds_on_the_local_publisher(make_kiln: KilnFactory, receiver: Rec
         assert {"index.html", "LICENSE", "README.md", ".nojekyll", "data.csv"} <= set(
             result["files"]
         )
+        steps = [
+            e.data["step"]
+            for e in kiln.events(kiln.admin_key, first["id"])
+            if e.event == "progress"
+        ]
+        assert steps == ["generating", "committing", "deploying", "waiting_for_pages", "notifying"]
+        assert set(result["durations"]) == {"generate_s", "commit_s", "deploy_s"}
         callbacks = [json.loads(r.body) for r in receiver.wait_for(3, timeout=60)]
         assert callbacks[-1] == {
             "email": "student@example.com",
@@ -173,3 +180,35 @@ def test_invalid_llm_output_is_retried_once_with_the_errors(
     assert "Your previous answer was rejected" in prompts[1]
     assert "not JSON" in prompts[1]
     assert fake_ollama.requests[0]["format"]["required"] == ["files"]
+
+
+def test_a_round_2_waits_for_round_1(make_kiln: KilnFactory, receiver: Receiver) -> None:
+    with FakeGitHub(token="ghp_fake_token_for_tests_0123456789abcdef") as github:
+        github.builds_before_built = 3  # round 1 waits for its site for a few seconds
+        env = {
+            **BASE_ENV,
+            "KILN_PUBLISHER": "github",
+            "KILN_GITHUB_API_URL": github.url,
+            "KILN_GITHUB_TOKEN": "ghp_fake_token_for_tests_0123456789abcdef",
+        }
+        with make_kiln(**env) as kiln:
+            one = httpx.post(f"{kiln.url}/api-endpoint", json=_brief(receiver)).json()["job_id"]
+            deadline = time.monotonic() + 60
+            while kiln.admin.get(f"/v1/jobs/{one}").json()["progress"] != {
+                "step": "waiting_for_pages",
+                "round": 1,
+            }:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            brief_two = _brief(receiver, round=2, nonce="nonce-r2")
+            two = httpx.post(f"{kiln.url}/api-endpoint", json=brief_two).json()["job_id"]
+            second = kiln.wait_for(kiln.admin_key, two, timeout=120)
+            first = kiln.admin.get(f"/v1/jobs/{one}").json()
+            steps = [
+                e.data["step"] for e in kiln.events(kiln.admin_key, two) if e.event == "progress"
+            ]
+
+    assert first["status"] == second["status"] == "succeeded"
+    assert steps[0] == "waiting_for_earlier_round"
+    repo = github.repo("kiln-bot", "sum-of-sales-7")
+    assert repo.parents(second["result"]["commit_sha"]) == [first["result"]["commit_sha"]]

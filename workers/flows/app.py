@@ -85,6 +85,7 @@ def publish(context: JobContext) -> Completion:
         artifacts["repo"], files, message=f"Round {brief.round}: {brief.brief[:60]}"
     )
     durations["commit_s"] = round(time.monotonic() - started, 3)
+    context.emit_progress({"step": "deploying", "round": brief.round})
     context.emit_progress({"step": "waiting_for_pages", "round": brief.round})
     started = time.monotonic()
     publisher.wait_until_live(publication, timeout_s=settings.pages_timeout_s)
