@@ -39,6 +39,12 @@ def _from_row(job: Job, after: str, resumed: bool) -> list[Event]:
 
 
 async def job_events(job_id: str, last_event_id: str | None) -> AsyncIterator[ServerSentEvent]:
+    """The job's events as SSE, each with its `id:`."""
+    async for event in events_of(job_id, last_event_id):
+        yield _sse(event)
+
+
+async def events_of(job_id: str, last_event_id: str | None) -> AsyncIterator[Event]:
     """Every event after `last_event_id` (all when None), ending with the terminal one."""
     redis = get_async_redis()
     cursor = last_event_id or "0-0"
@@ -51,7 +57,7 @@ async def job_events(job_id: str, last_event_id: str | None) -> AsyncIterator[Se
             batch = []
             await asyncio.sleep(BLOCK_MS / 1000)
         for event in batch:
-            yield _sse(event)
+            yield event
             cursor, resumed = event.id, True
             if event.is_terminal:
                 return
@@ -62,5 +68,16 @@ async def job_events(job_id: str, last_event_id: str | None) -> AsyncIterator[Se
         if job is None or job.status not in TERMINAL:
             continue
         for event in _from_row(job, cursor, resumed):
-            yield _sse(event)
+            yield event
         return
+
+
+async def wait_until_done(job_id: str, timeout_s: float) -> bool:
+    """Whether the job reached a terminal status within `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in events_of(job_id, None):
+                pass
+    except TimeoutError:
+        return False
+    return True

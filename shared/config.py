@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Age after which a queued job with no message is re-enqueued."
     )
     llm_retries: int = Field(3, ge=0, description="Retries when the LLM backend is unreachable.")
+    sync_timeout_s: float = Field(
+        60.0, gt=0, description="How long /v1/generate and /v1/chat wait before answering 202."
+    )
     flower_port: int = Field(5555, description="Port Flower listens on.")
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's `user:password`.")
     log_level: str = Field("INFO", description="Log level of every Kiln process.")

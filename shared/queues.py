@@ -7,15 +7,17 @@ QUEUE_CALLBACKS = "callbacks"  # webhook and evaluation-callback deliveries
 QUEUES = (QUEUE_GPU, QUEUE_IO, QUEUE_CALLBACKS)
 
 TASK_GENERATE = "kiln.generate"
+TASK_CHAT = "kiln.chat"
 TASK_DELIVER = "kiln.deliver_webhook"
 TASK_APP_GENERATE = "kiln.app.generate"  # an app build's first step: the LLM writes the files
 TASK_APP_PUBLISH = "kiln.app.publish"  # its second: commit, deploy, wait, notify
 
-TASK_FOR_KIND = {"generate": TASK_GENERATE, "app": TASK_APP_GENERATE}
+TASK_FOR_KIND = {"generate": TASK_GENERATE, "chat": TASK_CHAT, "app": TASK_APP_GENERATE}
 """Which task starts each job kind."""
 
 QUEUE_FOR_TASK = {
     TASK_GENERATE: QUEUE_GPU,
+    TASK_CHAT: QUEUE_GPU,
     TASK_DELIVER: QUEUE_CALLBACKS,
     TASK_APP_GENERATE: QUEUE_GPU,
     TASK_APP_PUBLISH: QUEUE_IO,

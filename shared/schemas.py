@@ -24,13 +24,35 @@ class GenerateInput(BaseModel):
     )
 
 
-KIND_INPUTS: dict[str, type[BaseModel]] = {"generate": GenerateInput}
+class ChatMessageIn(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class ChatInput(BaseModel):
+    """Input of a `chat` job: a conversation, continued by one assistant reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    model: str | None = Field(None, description="Defaults to KILN_DEFAULT_MODEL.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend options.")
+    format: dict[str, Any] | Literal["json"] | None = Field(
+        None, description="A JSON schema, or `json`, to constrain the output."
+    )
+
+
+KIND_INPUTS: dict[str, type[BaseModel]] = {"generate": GenerateInput, "chat": ChatInput}
 """The input model of each job kind the API accepts."""
 
-JobKind = Literal["generate"]
+JobKind = Literal["generate", "chat"]
 """The kinds `POST /v1/jobs` creates; app builds come in as briefs (`/api-endpoint`)."""
 
-AnyJobKind = Literal["generate", "app"]
+AnyJobKind = Literal["generate", "chat", "app"]
 
 WebhookEvent = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
 
@@ -237,3 +259,15 @@ class TaskAccepted(BaseModel):
     job_id: str
     task: str
     round: int
+
+
+class GenerateCall(GenerateInput):
+    """`POST /v1/generate`: a `generate` job the caller waits on or streams."""
+
+    stream: bool = Field(False, description="Server-Sent Events of tokens, then a `done` event.")
+
+
+class ChatCall(ChatInput):
+    """`POST /v1/chat`: a `chat` job the caller waits on or streams."""
+
+    stream: bool = Field(False, description="Server-Sent Events of tokens, then a `done` event.")

@@ -15,7 +15,7 @@ from shared.logs import configure_logging
 from shared.registry import WorkerHeartbeat
 from workers.flows.deliver import get_sender
 from workers.tasks import app as app_tasks  # noqa: F401  (importing registers the tasks)
-from workers.tasks import deliver, generate  # noqa: F401
+from workers.tasks import chat, deliver, generate  # noqa: F401
 
 app = celery_app
 _heartbeats: list[WorkerHeartbeat] = []  # this worker's, once it is ready

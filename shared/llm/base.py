@@ -23,6 +23,24 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation."""
+
+    role: str  # system | user | assistant | tool
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A conversation to continue, as the `chat` job kind's input describes it."""
+
+    messages: list[ChatMessage]
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    format: dict[str, Any] | str | None = None
+
+
+@dataclass(frozen=True)
 class GenerateResult:
     """A finished completion with the counts and durations (nanoseconds) the backend reported."""
 
@@ -54,4 +72,10 @@ class LLMProvider(Protocol):
         Raises `LLMUnavailable` when the backend cannot be reached, `ModelNotFound` for an
         unknown model and `LLMFailed` when the backend reports an error, also mid-stream.
         """
+        ...
+
+    def chat(
+        self, request: ChatRequest, *, on_token: TokenSink, should_stop: StopCheck
+    ) -> GenerateResult:
+        """Like `generate`, for a conversation; `response` is the assistant's reply."""
         ...

@@ -1,14 +1,15 @@
-"""The Ollama backend: streams `/api/generate` and maps Ollama's failures onto Kiln's errors."""
+"""The Ollama backend: streams `/api/generate` and `/api/chat`, and maps Ollama's failures
+onto Kiln's errors."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
 from shared.exceptions import JobCanceled, LLMFailed, LLMUnavailable, ModelNotFound
-from shared.llm.base import GenerateRequest, GenerateResult, StopCheck, TokenSink
+from shared.llm.base import ChatRequest, GenerateRequest, GenerateResult, StopCheck, TokenSink
 
 
 class OllamaProvider:
@@ -37,7 +38,27 @@ class OllamaProvider:
         body: dict[str, Any] = {"model": request.model, "prompt": request.prompt, "stream": True}
         optional = {"system": request.system, "options": request.options, "format": request.format}
         body.update({key: value for key, value in optional.items() if value})
-        url = f"{self.base_url}/api/generate"
+        return self._stream("/api/generate", body, _generate_delta, on_token, should_stop)
+
+    def chat(
+        self, request: ChatRequest, *, on_token: TokenSink, should_stop: StopCheck
+    ) -> GenerateResult:
+        """Stream one reply to a conversation through `/api/chat`."""
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": True}
+        optional = {"options": request.options, "format": request.format}
+        body.update({key: value for key, value in optional.items() if value})
+        return self._stream("/api/chat", body, _chat_delta, on_token, should_stop)
+
+    def _stream(
+        self,
+        path: str,
+        body: dict[str, Any],
+        delta_of: Callable[[dict[str, Any]], str],
+        on_token: TokenSink,
+        should_stop: StopCheck,
+    ) -> GenerateResult:
+        url = f"{self.base_url}{path}"
         deltas: list[str] = []
         with self._errors_mapped(), self._client.stream("POST", url, json=body) as response:
             _raise_for_status(response)
@@ -47,11 +68,11 @@ class OllamaProvider:
                 chunk = _parse_line(line)
                 if "error" in chunk:
                     raise LLMFailed(str(chunk["error"]))
-                if delta := chunk.get("response"):
+                if delta := delta_of(chunk):
                     deltas.append(delta)
                     on_token(delta)
                 if chunk.get("done"):
-                    return _result("".join(deltas), chunk, fallback_model=request.model)
+                    return _result("".join(deltas), chunk, fallback_model=body["model"])
                 if should_stop():
                     raise JobCanceled()  # leaving the `with` closes the response
         raise LLMUnavailable(f"Ollama at {self.base_url}: stream ended before completion")
@@ -99,6 +120,15 @@ def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code in (502, 503, 504):  # a proxy or a server still starting up
         raise LLMUnavailable(message)
     raise LLMFailed(message)
+
+
+def _generate_delta(chunk: dict[str, Any]) -> str:
+    return str(chunk.get("response") or "")
+
+
+def _chat_delta(chunk: dict[str, Any]) -> str:
+    message = chunk.get("message")
+    return str(message.get("content") or "") if isinstance(message, dict) else ""
 
 
 def _parse_line(line: str) -> dict[str, Any]:

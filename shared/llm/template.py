@@ -4,7 +4,7 @@ import re
 import time
 
 from shared.exceptions import JobCanceled
-from shared.llm.base import GenerateRequest, GenerateResult, StopCheck, TokenSink
+from shared.llm.base import ChatRequest, GenerateRequest, GenerateResult, StopCheck, TokenSink
 
 _TOKEN = re.compile(r"\s*\S+")
 
@@ -22,8 +22,18 @@ class TemplateProvider:
     def generate(
         self, request: GenerateRequest, *, on_token: TokenSink, should_stop: StopCheck
     ) -> GenerateResult:
+        return self._reply(request.prompt, on_token, should_stop)
+
+    def chat(
+        self, request: ChatRequest, *, on_token: TokenSink, should_stop: StopCheck
+    ) -> GenerateResult:
+        """Replies to the last user message."""
+        last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+        return self._reply(last, on_token, should_stop)
+
+    def _reply(self, prompt: str, on_token: TokenSink, should_stop: StopCheck) -> GenerateResult:
         started = time.perf_counter_ns()
-        tokens = _TOKEN.findall(template_text(request.prompt))
+        tokens = _TOKEN.findall(template_text(prompt))
         for token in tokens:
             if should_stop():
                 raise JobCanceled
@@ -34,7 +44,7 @@ class TemplateProvider:
             model="template",
             provider=self.name,
             done_reason="stop",
-            prompt_eval_count=len(request.prompt.split()),
+            prompt_eval_count=len(prompt.split()),
             eval_count=len(tokens),
             total_duration=elapsed,
             load_duration=0,

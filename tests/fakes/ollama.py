@@ -74,6 +74,7 @@ class FakeOllama:
                 Route("/api/version", self._version),
                 Route("/api/tags", self._tags),
                 Route("/api/generate", self._generate, methods=["POST"]),
+                Route("/api/chat", self._chat, methods=["POST"]),
             ]
         )
         self._server: uvicorn.Server | None = None
@@ -157,10 +158,16 @@ class FakeOllama:
         return JSONResponse({"models": [_model_entry(name) for name in self.models]})
 
     async def _generate(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    async def _chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    async def _complete(self, request: Request, *, chat: bool) -> Response:
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return _error(400, "invalid request body")
+            body = None
         if not isinstance(body, dict):
             return _error(400, "invalid request body")
         self.requests.append(body)
@@ -170,17 +177,27 @@ class FakeOllama:
         if _tagged(model) not in {_tagged(name) for name in self.models}:
             return _error(404, f'model "{model}" not found, try pulling it first')
 
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                return _error(400, "messages is required")
+            users = [
+                m.get("content", "")
+                for m in messages
+                if isinstance(m, dict) and m.get("role") == "user"
+            ]
+            body = {**body, "prompt": users[-1] if users else ""}
         if self.replies:
             tokens, done_reason = re.findall(r"\s*\S+", self.replies.pop(0)), "stop"
         else:
             tokens, done_reason = _tokens(body)
-        final = _final(model, body, eval_count=len(tokens), done_reason=done_reason)
+        final = _final(model, body, eval_count=len(tokens), done_reason=done_reason, chat=chat)
         if body.get("stream") is not False:  # Ollama streams unless told not to
-            return StreamingResponse(self._stream(model, tokens, final), media_type=NDJSON)
-        return await self._whole(tokens, final)
+            return StreamingResponse(self._stream(model, tokens, final, chat), media_type=NDJSON)
+        return await self._whole(tokens, final, chat)
 
     async def _stream(
-        self, model: str, tokens: list[str], final: dict[str, Any]
+        self, model: str, tokens: list[str], final: dict[str, Any], chat: bool
     ) -> AsyncIterator[str]:
         for sent, token in enumerate(tokens):
             if sent == self.error_after:
@@ -191,7 +208,12 @@ class FakeOllama:
             await self._pause(self.token_delay)
             if self._stopping():
                 raise _Disconnect()
-            yield _line({"model": model, "created_at": _now(), "response": token, "done": False})
+            piece = (
+                {"message": {"role": "assistant", "content": token}}
+                if chat
+                else {"response": token}
+            )
+            yield _line({"model": model, "created_at": _now(), **piece, "done": False})
         if self.error_after is not None and self.error_after >= len(tokens):
             yield _line({"error": self.error_message})
         elif self.disconnect_after is not None and self.disconnect_after >= len(tokens):
@@ -199,12 +221,14 @@ class FakeOllama:
         else:
             yield _line({**final, "created_at": _now()})
 
-    async def _whole(self, tokens: list[str], final: dict[str, Any]) -> Response:
+    async def _whole(self, tokens: list[str], final: dict[str, Any], chat: bool) -> Response:
         """Answer `stream: false` the way Ollama does: one JSON object, once generation ends."""
         await self._pause(self.token_delay * len(tokens))
         if self.error_after is not None:
             return _error(500, self.error_message)
-        body = json.dumps({**final, "response": "".join(tokens)}).encode()
+        text = "".join(tokens)
+        whole = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+        body = json.dumps({**final, **whole}).encode()
         if self.disconnect_after is None:
             return Response(body, media_type="application/json; charset=utf-8")
 
@@ -245,18 +269,23 @@ def _tokens(body: dict[str, Any]) -> tuple[list[str], str]:
 
 
 def _final(
-    model: str, body: dict[str, Any], *, eval_count: int, done_reason: str
+    model: str, body: dict[str, Any], *, eval_count: int, done_reason: str, chat: bool = False
 ) -> dict[str, Any]:
     prompt_eval_count = len(str(body.get("prompt") or "").split()) + 1  # the words and a BOS
     prompt_eval_duration = prompt_eval_count * PROMPT_EVAL_NS_PER_TOKEN
     eval_duration = eval_count * EVAL_NS_PER_TOKEN
+    # /api/chat ends with an empty assistant message; /api/generate with the context tokens.
+    ending: dict[str, Any] = (
+        {"message": {"role": "assistant", "content": ""}}
+        if chat
+        else {"response": "", "context": list(range(prompt_eval_count + eval_count))}
+    )
     return {
         "model": model,
         "created_at": _now(),
-        "response": "",
+        **ending,
         "done": True,
         "done_reason": done_reason,
-        "context": list(range(prompt_eval_count + eval_count)),
         "total_duration": LOAD_NS + prompt_eval_duration + eval_duration,
         "load_duration": LOAD_NS,
         "prompt_eval_count": prompt_eval_count,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from shared.exceptions import JobCanceled, LLMFailed, LLMUnavailable, ModelNotFound
-from shared.llm.base import GenerateRequest, GenerateResult
+from shared.llm.base import ChatMessage, ChatRequest, GenerateRequest, GenerateResult
 from shared.llm.ollama import OllamaProvider
 from tests.fakes.ollama import FakeOllama
 
@@ -222,3 +222,25 @@ def test_fake_runs_as_a_process_that_can_be_killed() -> None:
     assert isinstance(result, GenerateResult)
     assert result.response == "Echo: hi"
     assert isinstance(error, LLMUnavailable)
+
+
+def test_chat_streams_the_assistant_reply() -> None:
+    with FakeOllama(models=["llama3.2:1b"]) as fake:
+        provider = OllamaProvider(fake.url)
+        tokens: list[str] = []
+        request = ChatRequest(
+            messages=[
+                ChatMessage("system", "Be brief."),
+                ChatMessage("user", "first question"),
+                ChatMessage("assistant", "an answer"),
+                ChatMessage("user", "second question"),
+            ],
+            model="llama3.2:1b",
+        )
+
+        result = provider.chat(request, on_token=tokens.append, should_stop=lambda: False)
+
+        assert "".join(tokens) == result.response == "Echo: second question"
+        assert result.eval_count == 3
+        assert fake.requests[-1]["messages"][0] == {"role": "system", "content": "Be brief."}
+        provider.close()
