@@ -211,4 +211,5 @@ def test_a_round_2_waits_for_round_1(make_kiln: KilnFactory, receiver: Receiver)
     assert first["status"] == second["status"] == "succeeded"
     assert steps[0] == "waiting_for_earlier_round"
     repo = github.repo("kiln-bot", "sum-of-sales-7")
+    assert repo is not None
     assert repo.parents(second["result"]["commit_sha"]) == [first["result"]["commit_sha"]]
