@@ -27,6 +27,7 @@ class LLMProviderName(StrEnum):
     """Which backend runs inference."""
 
     ollama = "ollama"  # an Ollama server at KILN_OLLAMA_URL
+    openai = "openai"  # any OpenAI-compatible server at KILN_OPENAI_BASE_URL (vLLM, llama.cpp…)
     template = "template"  # deterministic text, no model: demos and CI
 
 
@@ -42,7 +43,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis URL; unset: 127.0.0.1:6379 if it answers, else an embedded Redis."
     )
-    llm_provider: LLMProviderName = Field(LLMProviderName.ollama, description="ollama | template")
+    llm_provider: LLMProviderName = Field(
+        LLMProviderName.ollama, description="ollama | openai | template"
+    )
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1", description="An OpenAI-compatible API, up to its `/v1`."
+    )
+    openai_api_key: SecretStr | None = Field(None, description="Its API key, if it needs one.")
     ollama_url: str = Field("http://127.0.0.1:11434", description="The Ollama server.")
     default_model: str = Field("llama3.2:1b", description="Model used when a job names none.")
     admin_api_key: SecretStr | None = Field(

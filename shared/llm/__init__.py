@@ -16,6 +16,11 @@ def get_provider() -> LLMProvider:
         from shared.llm.template import TemplateProvider
 
         return TemplateProvider()
+    if settings.llm_provider == LLMProviderName.openai:
+        from shared.llm.openai import OpenAIProvider
+
+        key = settings.openai_api_key
+        return OpenAIProvider(settings.openai_base_url, key.get_secret_value() if key else None)
     from shared.llm.ollama import OllamaProvider
 
     return OllamaProvider(settings.ollama_url)

@@ -7,7 +7,9 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from tests.conftest import KilnFactory
 from tests.fakes.ollama import FakeOllama
+from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import Kiln
 
 
@@ -130,3 +132,23 @@ def test_a_chat_job_through_v1_jobs(kiln: Kiln) -> None:
     assert bad.status_code == 422
     assert bad.json()["error"]["details"][0]["field"] == "input.messages"
     assert httpx.post(f"{kiln.url}/v1/chat", json={"messages": []}).status_code == 401
+
+
+def test_the_openai_provider_serves_generate_and_chat(make_kiln: KilnFactory) -> None:
+    with FakeOpenAI(api_key="sk-test-key-0123456789") as openai_server:
+        env = {
+            "KILN_LLM_PROVIDER": "openai",
+            "KILN_OPENAI_BASE_URL": openai_server.url,
+            "KILN_OPENAI_API_KEY": "sk-test-key-0123456789",
+            "KILN_DEFAULT_MODEL": "gpt-test",
+        }
+        with make_kiln(**env) as kiln:
+            client = kiln.client(kiln.new_key())
+            generated = client.post("/v1/generate", json={"prompt": "via openai"}).json()
+            chat = client.post("/v1/chat", json={"messages": [{"role": "user", "content": "hi"}]})
+
+    assert generated["result"]["provider"] == "openai"
+    assert generated["result"]["response"] == "Echo: via openai"
+    assert generated["result"]["eval_count"] == 3
+    assert chat.json()["result"]["response"] == "Echo: hi"
+    assert openai_server.requests[0]["stream"] is True

@@ -181,5 +181,6 @@ def _configured_secrets(settings: Settings) -> list[str]:
         settings.admin_api_key,
         settings.webhook_secret,
         settings.flower_basic_auth,
+        settings.openai_api_key,
     ]
     return [value.get_secret_value() for value in values if value is not None]
