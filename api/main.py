@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RequestIDMiddleware
-from api.routes import deliveries, generation, health, jobs, keys, sites, tasks
+from api.routes import deliveries, generation, health, jobs, keys, models, sites, tasks
 from api.routes.tasks import BRIEF_PATHS
 from shared import crud
 from shared.config import get_settings
@@ -43,6 +43,6 @@ def create_app() -> FastAPI:
         per_path=dict.fromkeys(BRIEF_PATHS, brief_bytes),
     )
     app.add_middleware(RequestIDMiddleware)
-    for module in (jobs, generation, tasks, deliveries, keys, health, sites):
+    for module in (jobs, generation, models, tasks, deliveries, keys, health, sites):
         app.include_router(module.router)
     return app

@@ -11,8 +11,10 @@ from shared.broker import reset_redis
 from shared.celery_app import celery_app
 from shared.config import get_settings
 from shared.db import dispose_engine
+from shared.llm import get_provider
 from shared.logs import configure_logging
-from shared.registry import WorkerHeartbeat
+from shared.queues import QUEUE_GPU
+from shared.registry import WorkerHeartbeat, WorkerInfo
 from workers.flows.deliver import get_sender
 from workers.tasks import app as app_tasks  # noqa: F401  (importing registers the tasks)
 from workers.tasks import chat, deliver, generate  # noqa: F401
@@ -37,9 +39,19 @@ def _after_fork(**_: Any) -> None:
 @signals.worker_ready.connect
 def _announce(sender: Any, **_: Any) -> None:
     queues = sorted(queue.name for queue in sender.app.amqp.queues.consume_from.values())
-    heartbeat = WorkerHeartbeat(sender.hostname, queues)
+    info = WorkerInfo(hostname=sender.hostname, queues=queues)
+    list_models = None
+    if QUEUE_GPU in queues:
+        info.provider = get_provider().name
+        list_models = _model_names
+    heartbeat = WorkerHeartbeat(info, list_models)
     heartbeat.start()
     _heartbeats.append(heartbeat)
+
+
+def _model_names() -> list[str]:
+    # Ollama names its models `name`; OpenAI-compatible servers call it `id`.
+    return [str(m.get("name") or m.get("id")) for m in get_provider().list_models()]
 
 
 @signals.worker_shutdown.connect

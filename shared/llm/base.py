@@ -79,3 +79,7 @@ class LLMProvider(Protocol):
     ) -> GenerateResult:
         """Like `generate`, for a conversation; `response` is the assistant's reply."""
         ...
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The models the backend has, as it describes them (`name` or `id` names each)."""
+        ...

@@ -2,11 +2,13 @@
 
 import re
 import time
+from typing import Any
 
 from shared.exceptions import JobCanceled
 from shared.llm.base import ChatRequest, GenerateRequest, GenerateResult, StopCheck, TokenSink
 
 _TOKEN = re.compile(r"\s*\S+")
+TEMPLATE_MODEL = "template"
 
 
 def template_text(prompt: str) -> str:
@@ -31,6 +33,10 @@ class TemplateProvider:
         last = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
         return self._reply(last, on_token, should_stop)
 
+    def list_models(self) -> list[dict[str, Any]]:
+        """The one "model" the template provider has."""
+        return [{"name": TEMPLATE_MODEL}]
+
     def _reply(self, prompt: str, on_token: TokenSink, should_stop: StopCheck) -> GenerateResult:
         started = time.perf_counter_ns()
         tokens = _TOKEN.findall(template_text(prompt))
@@ -41,7 +47,7 @@ class TemplateProvider:
         elapsed = time.perf_counter_ns() - started
         return GenerateResult(
             response="".join(tokens),
-            model="template",
+            model=TEMPLATE_MODEL,
             provider=self.name,
             done_reason="stop",
             prompt_eval_count=len(prompt.split()),

@@ -152,3 +152,19 @@ def test_the_openai_provider_serves_generate_and_chat(make_kiln: KilnFactory) ->
     assert generated["result"]["eval_count"] == 3
     assert chat.json()["result"]["response"] == "Echo: hi"
     assert openai_server.requests[0]["stream"] is True
+
+
+def test_models_and_workers_come_from_the_worker_registry(kiln: Kiln) -> None:
+    client = kiln.client(kiln.new_key())
+    deadline = time.monotonic() + 20
+    while not (models := client.get("/v1/models").json())["data"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    assert models["object"] == "list"
+    assert [model["id"] for model in models["data"]] == ["llama3.2:1b"]
+    assert models["data"][0]["workers"][0].startswith("worker-gpu@")
+    workers = {w["hostname"].split("@")[0]: w for w in client.get("/v1/workers").json()["data"]}
+    assert workers["worker-gpu"]["provider"] == "ollama"
+    assert workers["worker-gpu"]["queues"] == ["gpu"]
+    assert workers["worker-io"]["models"] == []
