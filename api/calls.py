@@ -1,0 +1,114 @@
+"""Calls that wait on or stream a job: the core under `/v1/generate`, `/v1/chat` and the
+compatibility APIs (OpenAI, Ollama, …), each of which only reshapes what goes in and out."""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from api import service
+from api.event_stream import events_of, wait_until_done
+from shared import crud
+from shared.config import Settings
+from shared.db import open_session
+from shared.events import EVENT_TOKEN
+from shared.logs import request_id_var
+from shared.models import ApiKey, Job
+from shared.schemas import JobCreate
+from shared.states import TERMINAL
+
+STATUS_FOR_ERROR = {
+    "model_not_found": 404,
+    "invalid_output": 422,
+    "canceled": 409,
+    "llm_unavailable": 503,
+}
+"""The HTTP status a synchronous call answers when its job failed with each code (else 502)."""
+
+
+async def submit(
+    *,
+    kind: str,
+    job_input: dict[str, Any],
+    session: Session,
+    settings: Settings,
+    api_key: ApiKey,
+) -> Job:
+    """Create and queue the job (validated like `POST /v1/jobs`)."""
+    job, _ = await run_in_threadpool(
+        service.submit_job,
+        session=session,
+        settings=settings,
+        api_key=api_key,
+        body=JobCreate.model_validate({"kind": kind, "input": job_input}),
+        idempotency_key=None,
+        request_id=request_id_var.get(),
+    )
+    return job
+
+
+async def finished(job: Job, timeout_s: float) -> Job | None:
+    """The job once terminal, or None if it is still going after `timeout_s`."""
+    if not await wait_until_done(job.id, timeout_s):
+        return None
+    return await run_in_threadpool(_load, job.id)
+
+
+def error_status(job: Job) -> tuple[int, dict[str, str]]:
+    """The HTTP status and the error of a job that did not succeed."""
+    error = job.error or {"code": "job_failed", "message": "the job failed"}
+    return STATUS_FOR_ERROR.get(error["code"], 502), error
+
+
+async def tokens(job_id: str, api_key: ApiKey) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """`("token", {"delta"})` for each token, then `("done", <result>)` or `("error", <error>)`.
+
+    A consumer that stops early (its client hung up) cancels the job, which frees its GPU.
+    """
+    ended = False
+    try:
+        async for event in events_of(job_id, None):
+            if event.type == EVENT_TOKEN:
+                yield "token", event.data
+            elif event.is_terminal:
+                ended = True
+                result = event.data.get("result")
+                if event.data["status"] == "succeeded" and result:
+                    yield "done", result
+                else:
+                    yield "error", {**(event.data.get("error") or {}), "job_id": job_id}
+    finally:
+        if not ended:
+            # The disconnect cancelled the caller's scope; the cancel must still happen.
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(_cancel, job_id, api_key)
+
+
+def usage(result: dict[str, Any]) -> dict[str, Any]:
+    """Token counts and duration of a finished generation."""
+    return {
+        "prompt_tokens": result.get("prompt_eval_count"),
+        "completion_tokens": result.get("eval_count"),
+        "total_duration": result.get("total_duration"),
+    }
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _load(job_id: str) -> Job:
+    with open_session() as session:
+        job = crud.get_job(session=session, job_id=job_id)
+    assert job is not None
+    return job
+
+
+def _cancel(job_id: str, api_key: ApiKey) -> None:
+    with open_session() as session:
+        job = crud.get_job(session=session, job_id=job_id)
+        if job is not None and job.status not in TERMINAL:
+            service.cancel_job(session=session, api_key=api_key, job_id=job_id)
