@@ -5,6 +5,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.compat import ollama as ollama_compat
+from api.compat import openai as openai_compat
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimitMiddleware, RequestIDMiddleware
 from api.routes import deliveries, generation, health, jobs, keys, models, sites, tasks
@@ -45,4 +47,6 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestIDMiddleware)
     for module in (jobs, generation, models, tasks, deliveries, keys, health, sites):
         app.include_router(module.router)
+    for compat in (openai_compat, ollama_compat):
+        app.include_router(compat.router)
     return app

@@ -1,0 +1,1 @@
+"""Compatibility APIs: thin adapters that speak other systems' formats over Kiln's jobs."""
