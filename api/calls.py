@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import service
@@ -33,14 +32,13 @@ async def submit(
     *,
     kind: str,
     job_input: dict[str, Any],
-    session: Session,
     settings: Settings,
     api_key: ApiKey,
 ) -> Job:
     """Create and queue the job (validated like `POST /v1/jobs`)."""
     job, _ = await run_in_threadpool(
+        service.in_session,
         service.submit_job,
-        session=session,
         settings=settings,
         api_key=api_key,
         body=JobCreate.model_validate({"kind": kind, "input": job_input}),

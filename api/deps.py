@@ -1,22 +1,39 @@
-"""Dependencies that routes declare: the DB session, the settings, the caller's API key."""
+"""Dependencies that routes declare: the DB session, the settings, the caller's API key.
+
+The ones that do no I/O are `async def`, so FastAPI runs them on the event loop instead of
+handing each to a worker thread; the key lookup takes one short session of its own, so no
+request holds a database connection while it waits for a thread.
+"""
 
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from shared import crud
 from shared.config import Settings, get_settings
-from shared.db import get_session
+from shared.db import get_session, open_session
 from shared.exceptions import Forbidden, Unauthorized
 from shared.models import ApiKey
 
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def authenticate(
-    session: SessionDep,
+async def settings() -> Settings:
+    """The process's settings."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings)]
+
+
+def _active_key(key: str) -> ApiKey | None:
+    with open_session() as session:
+        return crud.get_active_key(session=session, key=key)
+
+
+async def authenticate(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> ApiKey:
@@ -28,7 +45,7 @@ def authenticate(
             key = credentials.strip()
     if not key:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
-    api_key = crud.get_active_key(session=session, key=key)
+    api_key = await run_in_threadpool(_active_key, key)
     if api_key is None:
         raise Unauthorized("the API key is invalid or revoked")
     return api_key
@@ -37,7 +54,7 @@ def authenticate(
 KeyDep = Annotated[ApiKey, Depends(authenticate)]
 
 
-def require_admin(api_key: KeyDep) -> ApiKey:
+async def require_admin(api_key: KeyDep) -> ApiKey:
     """The caller's key, which must be the admin's."""
     if not api_key.is_admin:
         raise Forbidden("only the admin key may do this")
@@ -47,7 +64,7 @@ def require_admin(api_key: KeyDep) -> ApiKey:
 AdminDep = Annotated[ApiKey, Depends(require_admin)]
 
 
-def base_url(request: Request, settings: SettingsDep) -> str:
+async def base_url(request: Request, settings: SettingsDep) -> str:
     """Where clients reach this API: KILN_PUBLIC_URL, or the URL of the request."""
     return settings.public_url or str(request.base_url)
 

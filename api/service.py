@@ -5,8 +5,9 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,7 @@ from shared.attachments import decode_all
 from shared.broker import get_redis
 from shared.config import Settings
 from shared.crud import ADMIN_KEY_ID
+from shared.db import open_session
 from shared.dispatch import dispatch_delivery, enqueue
 from shared.exceptions import Conflict, Forbidden, IdempotencyKeyReused, InvalidInput, NotFound
 from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
@@ -30,6 +32,16 @@ from shared.webhooks.ssrf import BlockedDestination, vet_url
 log = logging.getLogger(__name__)
 
 CANCEL_FLAG_TTL_S = 3600  # longer than any job keeps running after it was canceled
+
+
+T = TypeVar("T")
+
+
+def in_session(call: Callable[..., T], /, **kwargs: Any) -> T:
+    """`call(session=<a new session>, **kwargs)`: one unit of work, run in a worker thread by
+    async routes so that a request holds a connection only while it uses it."""
+    with open_session() as session:
+        return call(session=session, **kwargs)
 
 
 def _owner_filter(api_key: ApiKey) -> str | None:
@@ -297,3 +309,24 @@ def webhook_secret(*, session: Session, api_key: ApiKey, rotate: bool) -> str:
     if rotate or api_key.webhook_secret is None:
         return crud.set_signing_secret(session=session, api_key=api_key, secret=new_secret())
     return api_key.webhook_secret
+
+
+def notify_progress(*, session: Session, delivery_id: str) -> dict[str, Any]:
+    """Where an app build's evaluation callback stands: its status and every attempt."""
+    delivery = crud.get_delivery(session=session, delivery_id=delivery_id)
+    if delivery is None:
+        return {}
+    attempts = crud.attempts_of(session=session, delivery_ids=[delivery_id])[delivery_id]
+    return {
+        "status": delivery.status,
+        "attempts": [
+            {
+                "number": attempt.number,
+                "attempted_at": attempt.attempted_at.isoformat(),
+                "status_code": attempt.status_code,
+                "outcome": attempt.outcome,
+                "error": attempt.error,
+            }
+            for attempt in attempts
+        ],
+    }

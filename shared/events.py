@@ -87,8 +87,12 @@ def queue_status(pipe: "redis.client.Pipeline", job: Job) -> None:
     _add(pipe, job.id, EVENT_STATUS, status_data(job), refresh=True)
 
 
-def append_token(client: "redis.Redis", job_id: str, delta: str) -> None:
-    append(client, job_id, EVENT_TOKEN, {"delta": delta}, refresh=False)
+def append_tokens(client: "redis.Redis", job_id: str, deltas: list[str]) -> None:
+    """Append token events, one per delta, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for delta in deltas:
+        _add(pipe, job_id, EVENT_TOKEN, {"delta": delta}, refresh=False)
+    pipe.execute()
 
 
 def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:

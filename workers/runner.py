@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import crud, events, keys, lifecycle
+from shared import crud, keys, lifecycle
 from shared.broker import get_redis
 from shared.config import Settings, get_settings
 from shared.db import open_session
@@ -22,6 +22,7 @@ from shared.logs import job_id_var, request_id_var
 from shared.models import Delivery, Job, utcnow
 from shared.states import JobStatus
 from workers.lease import LeaseKeeper
+from workers.tokens import TokenSender
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,14 @@ class JobContext:
     job: Job
     settings: Settings
     lease: LeaseKeeper
+    tokens: TokenSender
 
     def should_stop(self) -> bool:
         """True once the job was canceled or handed to another worker."""
         return self.lease.lost.is_set()
 
     def emit_token(self, delta: str) -> None:
-        events.append_token(get_redis(), self.job.id, delta)
+        self.tokens.send(delta)
 
     def emit_progress(self, progress: dict[str, Any]) -> None:
         with open_session() as session:
@@ -95,7 +97,8 @@ def _run(job: Job, flow: Flow) -> None:
     try:
         log.info("job started", extra={"task": job.kind})
         with LeaseKeeper(job.id, job.attempt, settings.lease_seconds) as lease:
-            handoff = _execute(JobContext(job=job, settings=settings, lease=lease), flow)
+            context = JobContext(job, settings, lease, TokenSender(job.id))
+            handoff = _execute(context, flow)
         # After the lease keeper stopped, so that no renewal shortens the hand-off lease.
         if handoff is not None:
             _hand_off(job, handoff)
@@ -137,7 +140,8 @@ def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
 def _execute(context: JobContext, flow: Flow) -> Handoff | None:
     job = context.job
     try:
-        result = flow(context)
+        with context.tokens:  # every token is in the stream before the outcome
+            result = flow(context)
     except JobCanceled:
         log.info("job stopped: canceled")
         return None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api import calls
-from api.deps import BaseURLDep, KeyDep, SessionDep, SettingsDep
+from api.deps import BaseURLDep, KeyDep, SettingsDep
 from api.errors import field_name
 from shared.config import Settings
 from shared.exceptions import KilnError, Unauthorized
@@ -169,7 +169,6 @@ STREAMED: dict[int | str, dict[str, Any]] = {
 @router.post("/api/generate", response_model=None, responses=STREAMED)
 async def generate(
     body: GenerateRequest,
-    session: SessionDep,
     settings: SettingsDep,
     api_key: KeyDep,
     base_url: BaseURLDep,
@@ -186,13 +185,12 @@ async def generate(
         **({"system": body.system} if body.system else {}),
     }
     call = _Call(body.model, _response_piece, settings, api_key, base_url)
-    return await call.run("generate", job_input, body.stream, session)
+    return await call.run("generate", job_input, body.stream)
 
 
 @router.post("/api/chat", response_model=None, responses=STREAMED)
 async def chat(
     body: ChatRequest,
-    session: SessionDep,
     settings: SettingsDep,
     api_key: KeyDep,
     base_url: BaseURLDep,
@@ -205,7 +203,7 @@ async def chat(
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     job_input = {"model": body.model, "messages": messages, **_shared_input(body)}
     call = _Call(body.model, _message_piece, settings, api_key, base_url)
-    return await call.run("chat", job_input, body.stream, session)
+    return await call.run("chat", job_input, body.stream)
 
 
 @router.get("/api/tags", response_model=TagList, responses=ERRORS)
@@ -240,13 +238,10 @@ class _Call:
     api_key: ApiKey
     base_url: str
 
-    async def run(
-        self, kind: str, job_input: dict[str, Any], stream: bool, session: SessionDep
-    ) -> Response:
+    async def run(self, kind: str, job_input: dict[str, Any], stream: bool) -> Response:
         job = await calls.submit(
             kind=kind,
             job_input=job_input,
-            session=session,
             settings=self.settings,
             api_key=self.api_key,
         )

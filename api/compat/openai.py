@@ -12,7 +12,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from api import calls, service
-from api.deps import KeyDep, SessionDep, SettingsDep
+from api.deps import KeyDep, SettingsDep
 from api.errors import error_response
 from shared.db import open_session
 from shared.exceptions import Conflict, InvalidInput
@@ -158,11 +158,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     "/v1/chat/completions", status_code=200, response_model=ChatCompletion, responses=RESPONSES
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, session: SessionDep, settings: SettingsDep, api_key: KeyDep
+    body: ChatCompletionRequest, settings: SettingsDep, api_key: KeyDep
 ) -> Any:
     """Continue a conversation (OpenAI's Chat Completions), waited on or streamed."""
     job = await calls.submit(
-        kind="chat", job_input=_job_input(body), session=session, settings=settings, api_key=api_key
+        kind="chat", job_input=_job_input(body), settings=settings, api_key=api_key
     )
     model = body.model or settings.default_model
     if body.stream:

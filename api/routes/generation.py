@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import calls
-from api.deps import BaseURLDep, KeyDep, SessionDep, SettingsDep
+from api.deps import BaseURLDep, KeyDep, SettingsDep
 from api.errors import error_response
 from shared.models import ApiKey
 from shared.schemas import ChatCall, ErrorResponse, GenerateCall, JobPublic
@@ -26,41 +26,36 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/generate", response_model=JobPublic, responses=RESPONSES)
 async def generate(
     body: GenerateCall,
-    session: SessionDep,
     settings: SettingsDep,
     api_key: KeyDep,
     base_url: BaseURLDep,
 ) -> Any:
     """Complete a prompt: the finished job (with `stream`, Server-Sent Events of its tokens)."""
     job_input = body.model_dump(mode="json", exclude={"stream"}, exclude_unset=True)
-    return await _call("generate", job_input, body.stream, session, settings, api_key, base_url)
+    return await _call("generate", job_input, body.stream, settings, api_key, base_url)
 
 
 @router.post("/chat", response_model=JobPublic, responses=RESPONSES)
 async def chat(
     body: ChatCall,
-    session: SessionDep,
     settings: SettingsDep,
     api_key: KeyDep,
     base_url: BaseURLDep,
 ) -> Any:
     """Continue a conversation: the finished job (with `stream`, Server-Sent Events)."""
     job_input = body.model_dump(mode="json", exclude={"stream"}, exclude_unset=True)
-    return await _call("chat", job_input, body.stream, session, settings, api_key, base_url)
+    return await _call("chat", job_input, body.stream, settings, api_key, base_url)
 
 
 async def _call(
     kind: str,
     job_input: dict[str, Any],
     stream: bool,
-    session: SessionDep,
     settings: SettingsDep,
     api_key: ApiKey,
     base_url: str,
 ) -> Any:
-    job = await calls.submit(
-        kind=kind, job_input=job_input, session=session, settings=settings, api_key=api_key
-    )
+    job = await calls.submit(kind=kind, job_input=job_input, settings=settings, api_key=api_key)
     if stream:
         return EventSourceResponse(_events(job.id, api_key), ping=15)
     done = await calls.finished(job, settings.sync_timeout_s)

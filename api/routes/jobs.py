@@ -26,18 +26,18 @@ ERRORS: dict[int | str, dict[str, object]] = {
     response_model=JobPublic,
     responses={200: {"model": JobPublic, "description": "Replayed idempotent request"}, **ERRORS},
 )
-def submit_job(
+async def submit_job(
     body: JobCreate,
     response: Response,
-    session: SessionDep,
     settings: SettingsDep,
     api_key: KeyDep,
     base_url: BaseURLDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Create a job and queue it; answers at once (a repeated Idempotency-Key replays it)."""
-    job, created = service.submit_job(
-        session=session,
+    job, created = await run_in_threadpool(
+        service.in_session,
+        service.submit_job,
         settings=settings,
         api_key=api_key,
         body=body,
@@ -73,9 +73,14 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic, responses=ERRORS)
 def get_job(job_id: str, session: SessionDep, api_key: KeyDep, base_url: BaseURLDep) -> JobPublic:
-    """One job with its status, result or error."""
+    """One job with its status, result or error (an app build's result also shows how its
+    evaluation callback is going)."""
     job = service.get_job(session=session, api_key=api_key, job_id=job_id)
-    return JobPublic.from_job(job, base_url)
+    public = JobPublic.from_job(job, base_url)
+    if public.result and isinstance(notify := public.result.get("notify"), dict):
+        progress = service.notify_progress(session=session, delivery_id=notify["delivery_id"])
+        public.result = {**public.result, "notify": {**notify, **progress}}
+    return public
 
 
 @router.post(
@@ -98,11 +103,10 @@ def cancel_job(
 )
 async def stream_job_events(
     job_id: str,
-    session: SessionDep,
     api_key: KeyDep,
     last_event_id: Annotated[str | None, Header(pattern=r"^\d+-\d+$")] = None,
 ) -> EventSourceResponse:
     """The job's events as Server-Sent Events, from the start or after `Last-Event-ID`; the
     stream closes after the terminal status event."""
-    await run_in_threadpool(service.get_job, session=session, api_key=api_key, job_id=job_id)
+    await run_in_threadpool(service.in_session, service.get_job, api_key=api_key, job_id=job_id)
     return EventSourceResponse(job_events(job_id, last_event_id), ping=15)

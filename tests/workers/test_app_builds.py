@@ -111,6 +111,9 @@ def test_two_rounds_on_the_local_publisher(make_kiln: KilnFactory, receiver: Rec
             log = kiln.admin.get(f"/v1/jobs/{first['id']}/deliveries").json()["data"]
             evaluation = next(d for d in log if d["event_type"] == "job.evaluation")
         assert [a["status_code"] for a in evaluation["attempts"]] == [500, 503, 200]
+        notify = kiln.admin.get(f"/v1/jobs/{first['id']}").json()["result"]["notify"]
+        assert notify["status"] == "succeeded"
+        assert [a["outcome"] for a in notify["attempts"]] == ["retry", "retry", "succeeded"]
 
         second = _run_round(
             kiln, _brief(receiver, round=2, nonce="nonce-r2", brief="Also show the average.")
