@@ -1,0 +1,1 @@
+"""Benchmarks of Kiln against bare FastAPI + Celery anchors; see bench/RESULTS.md."""
