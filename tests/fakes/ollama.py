@@ -5,24 +5,20 @@ kill and restart: `python -m tests.fakes.ollama --port N [--token-delay S]`.
 """
 
 import argparse
-import asyncio
 import hashlib
 import json
 import logging
 import re
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.server import LoopbackServer
 
 DEFAULT_MODELS = ("llama3.2:1b",)
 VERSION = "0.5.7"
@@ -49,8 +45,10 @@ def _hide_planned_disconnects(record: logging.LogRecord) -> bool:
 logging.getLogger("uvicorn.error").addFilter(_hide_planned_disconnects)
 
 
-class FakeOllama:
+class FakeOllama(LoopbackServer):
     """An Ollama look-alike; its knobs are plain attributes, read on every request."""
+
+    label = "FakeOllama"
 
     def __init__(
         self,
@@ -64,11 +62,7 @@ class FakeOllama:
         self._initial_token_delay = token_delay
         self.reset()
 
-        self.host = host
-        self._socket: socket.socket | None = _bind(host, port)
-        self.port: int = self._socket.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-        self.app = Starlette(
+        app = Starlette(
             routes=[
                 Route("/", self._root),
                 Route("/api/version", self._version),
@@ -77,11 +71,11 @@ class FakeOllama:
                 Route("/api/chat", self._chat, methods=["POST"]),
             ]
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(app, host=host, port=port)
 
     def reset(self) -> None:
         """Put every knob back to how the server was built, and forget past requests."""
+
         self.models = list(self._initial_models)
         self.token_delay = self._initial_token_delay  # seconds before each token: slow mode
         self.disconnect_after: int | None = None  # cut the connection after N tokens
@@ -89,64 +83,6 @@ class FakeOllama:
         self.error_message = DEFAULT_ERROR
         self.requests: list[dict[str, Any]] = []  # bodies of /api/generate, in arrival order
         self.replies: list[str] = []  # scripted completions, used (and removed) one per request
-
-    def start(self) -> Self:
-        """Serve in a background thread; after `stop()` this serves again on the same port."""
-        self._server = self._new_server(log_config=None, access_log=False)
-        self._thread = threading.Thread(
-            target=self._server.run, args=([self._take_socket()],), daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"FakeOllama did not start on {self.url}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        """Shut down; streams still running are cut, like a stopped Ollama cuts them."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=_START_TIMEOUT)
-        self._server = self._thread = None
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until SIGINT or SIGTERM (the `python -m` entry point)."""
-        sock = self._take_socket()
-        sock.listen()  # queue early clients instead of refusing them while uvicorn starts
-        print(f"FakeOllama listening on {self.url}", flush=True)
-        self._server = self._new_server()
-        self._server.run([sock])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _new_server(self, **config: Any) -> uvicorn.Server:
-        return uvicorn.Server(uvicorn.Config(self.app, lifespan="off", ws="none", **config))
-
-    def _take_socket(self) -> socket.socket:
-        """The bound socket, handed over once: uvicorn closes it when it shuts down."""
-        sock = self._socket or _bind(self.host, self.port)
-        self._socket = None
-        return sock
-
-    def _stopping(self) -> bool:
-        return self._server is not None and self._server.should_exit
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep like a slow model, but wake up when the server is stopping."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
 
     async def _root(self, request: Request) -> Response:
         return PlainTextResponse("Ollama is running")
@@ -238,13 +174,6 @@ class FakeOllama:
 
         headers = {"content-length": str(len(body))}
         return StreamingResponse(cut(), headers=headers, media_type="application/json")
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind right after a stop
-    sock.bind((host, port))
-    return sock
 
 
 def _tagged(name: str) -> str:

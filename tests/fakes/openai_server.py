@@ -5,24 +5,21 @@ its own process: `python -m tests.fakes.openai_server --port N [--token-delay S]
 """
 
 import argparse
-import asyncio
 import json
 import logging
 import re
 import secrets
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.server import LoopbackServer
 
 DEFAULT_MODELS = ("gpt-test",)
 DEFAULT_API_KEY = "sk-test-key"
@@ -55,8 +52,10 @@ class _Refusal(Exception):
         self.response = _error(status_code, message, **fields)
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """An OpenAI look-alike; its knobs are plain attributes, read on every request."""
+
+    label = "FakeOpenAI"
 
     def __init__(
         self,
@@ -72,22 +71,18 @@ class FakeOpenAI:
         self._initial_token_delay = token_delay
         self.reset()
 
-        self.host = host
-        self._socket: socket.socket | None = _bind(host, port)
-        self.port: int = self._socket.getsockname()[1]
-        self.url = f"http://{host}:{self.port}/v1"  # what clients take as their base URL
-        self.app = Starlette(
+        app = Starlette(
             routes=[
                 Route("/v1/models", self._models),
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
             ],
             exception_handlers={404: _invalid_url, 405: _invalid_url},
         )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(app, host=host, port=port, path="/v1")
 
     def reset(self) -> None:
         """Put every knob back to how the server was built, and forget past requests."""
+
         self.models = list(self._initial_models)
         self.api_key = self._initial_api_key  # None: no Authorization needed, like bare vLLM
         self.token_delay = self._initial_token_delay  # seconds before each token: slow mode
@@ -99,64 +94,6 @@ class FakeOpenAI:
         self.retry_after: int | None = 20  # the 429's `retry-after` header; None leaves it out
         self.requests: list[dict[str, Any]] = []  # completion request bodies, in arrival order
         self.replies: list[str] = []  # scripted completions, used (and removed) one per request
-
-    def start(self) -> Self:
-        """Serve in a background thread; after `stop()` this serves again on the same port."""
-        self._server = self._new_server(log_config=None, access_log=False)
-        self._thread = threading.Thread(
-            target=self._server.run, args=([self._take_socket()],), daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"FakeOpenAI did not start on {self.url}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        """Shut down; streams still running are cut, like a stopped server cuts them."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=_START_TIMEOUT)
-        self._server = self._thread = None
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until SIGINT or SIGTERM (the `python -m` entry point)."""
-        sock = self._take_socket()
-        sock.listen()  # queue early clients instead of refusing them while uvicorn starts
-        print(f"FakeOpenAI listening on {self.url}", flush=True)
-        self._server = self._new_server()
-        self._server.run([sock])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _new_server(self, **config: Any) -> uvicorn.Server:
-        return uvicorn.Server(uvicorn.Config(self.app, lifespan="off", ws="none", **config))
-
-    def _take_socket(self) -> socket.socket:
-        """The bound socket, handed over once: uvicorn closes it when it shuts down."""
-        sock = self._socket or _bind(self.host, self.port)
-        self._socket = None
-        return sock
-
-    def _stopping(self) -> bool:
-        return self._server is not None and self._server.should_exit
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep like a slow model, but wake up when the server is stopping."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.05))
 
     def _authorize(self, request: Request) -> None:
         """Check the bearer key the way OpenAI does, quoting only a masked part of a wrong one."""
@@ -385,13 +322,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
 async def _invalid_url(request: Request, exc: Exception) -> Response:
     """OpenAI's answer to a path it does not serve, as a wrong base URL produces."""
     return _error(404, f"Invalid URL ({request.method} {request.url.path})")
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind right after a stop
-    sock.bind((host, port))
-    return sock
 
 
 def _masked(key: str) -> str:
