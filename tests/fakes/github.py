@@ -14,20 +14,18 @@ import json
 import mimetypes
 import re
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.server import LoopbackServer
 
 DOCS = "https://docs.github.com/rest"
 DEFAULT_TOKEN = "ghp_test"
@@ -44,7 +42,6 @@ SECONDARY_LIMIT_MESSAGE = (
 FILE_MODES = frozenset({"100644", "100755", "120000"})
 REPO = r"/repos/(?P<o>[^/]+)/(?P<r>[^/]+)"  # the start of every repository path
 _NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_START_TIMEOUT = 10.0
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -177,9 +174,11 @@ class Repository:
         return flat
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackServer):
     """A GitHub look-alike for one token and its user; knobs are plain attributes, read on every
     request."""
+
+    label = "FakeGitHub"
 
     def __init__(
         self,
@@ -200,12 +199,9 @@ class FakeGitHub:
         self._used = 0
         self.reset()
 
-        self.host = host
-        self._socket: socket.socket | None = _bind(host, port)
-        self.port: int = self._socket.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-        self.app = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=methods)])
+        app = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=methods)])
+        super().__init__(app, host=host, port=port)
         routes: list[tuple[str, str, Handler]] = [
             ("GET", r"/user", self._user),
             ("GET", r"/rate_limit", self._rate_limit),
@@ -231,8 +227,6 @@ class FakeGitHub:
         self._routes = [
             (method, re.compile(pattern), handler) for method, pattern, handler in routes
         ]
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
 
     def reset(self) -> None:
         """Put every knob back and forget past requests; repositories stay."""
@@ -247,47 +241,6 @@ class FakeGitHub:
         self.builds_before_built = 1  # polls of a new build that still answer `building`
         self.build_error: str | None = None  # set: builds end `errored` with this message
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
-
-    def start(self) -> Self:
-        """Serve in a background thread."""
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, lifespan="off", ws="none", log_config=None, access_log=False)
-        )
-        self._thread = threading.Thread(
-            target=self._server.run, args=([self._take_socket()],), daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"FakeGitHub did not start on {self.url}")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        """Shut down."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=_START_TIMEOUT)
-        self._server = self._thread = None
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until SIGINT or SIGTERM (the `python -m` entry point)."""
-        sock = self._take_socket()
-        sock.listen()  # queue early clients instead of refusing them while uvicorn starts
-        print(f"FakeGitHub listening on {self.url}", flush=True)
-        uvicorn.Server(uvicorn.Config(self.app, lifespan="off", ws="none")).run([sock])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def repo(self, owner: str, name: str) -> Repository | None:
         """A repository's state, for tests to inspect."""
@@ -316,14 +269,6 @@ class FakeGitHub:
             repo.refs[f"heads/{repo.default_branch}"] = commit
             repo.pushed_at = _now()
         return repo
-
-    def _take_socket(self) -> socket.socket:
-        """The bound socket, handed over once: uvicorn closes it when it shuts down."""
-        sock = self._socket or _bind(self.host, self.port)
-        self._socket = None
-        return sock
-
-    # The edge: knobs, authentication and rate-limit headers for every request.
 
     async def _dispatch(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
@@ -983,13 +928,6 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _Refused(400, "Problems parsing JSON")
     return body
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind right after a stop
-    sock.bind((host, port))
-    return sock
 
 
 def _now() -> str:
