@@ -8,7 +8,8 @@ Each repetition gets a fresh data dir, embedded Redis, migrated SQLite database 
 (`receiver_app` below: a raw ASGI app under uvicorn, in its own process), then measures, in
 alternating order:
 - kiln: `--deliveries` rows are written with `outbox.delivery_for` for a few succeeded template
-  jobs and published with `dispatch.dispatch_delivery` while no callbacks worker runs; then one
+  jobs and dispatched with `dispatch.dispatch_delivery` (one wake-up message: each task sends
+  a batch and wakes the next) while no callbacks worker runs; then one
   worker starts as `kiln up` starts it (`kiln worker --queues callbacks --concurrency 8 --pool
   threads`) and the database is polled until every row is `succeeded`. The drain time runs from
   the receiver's first request to the last row's `finished_at`, so the worker's boot is left out
@@ -18,10 +19,11 @@ alternating order:
 The receiver must see every `webhook-id` at least once (and sampled signatures must verify);
 duplicates are counted.
 
-`--profile N` then shows where the worker's time goes: N deliveries through
-`workers.flows.deliver.deliver` in this process, one after another, timed and then under
-cProfile; `--profile-worker M` adds M drained by a worker process whose threads are sampled
-(`CpuSampler`), which shows Celery's share and each thread's CPU.
+`--profile N` then shows where the worker's time goes: about N deliveries through
+`workers.flows.deliver.deliver` in this process, batch after batch, timed and then under
+cProfile (this thread and the sender's event loop thread); `--profile-worker M` adds M
+drained by a worker process whose threads are sampled (`CpuSampler`), which shows Celery's share
+and each thread's CPU.
 """
 
 import argparse
@@ -57,6 +59,7 @@ from bench.common import (
     ROOT,
     Child,
     CpuMeter,
+    bench_summary,
     fresh_redis,
     kiln_env,
     machine,
@@ -67,6 +70,7 @@ from bench.common import (
     uvicorn_argv,
     wait_quiet,
     wait_uvicorn,
+    write_summaries,
 )
 from shared import crud, migrate
 from shared.broker import get_redis, reset_redis
@@ -562,6 +566,29 @@ def summary(runs: list[list[Sample]]) -> str:
     return f"{medians}\n\n{goals}"
 
 
+def summaries(runs: list[list[Sample]], markdown: str) -> list[dict[str, object]]:
+    """The deliveries/s against the anchor, for `bench.run_all`."""
+    kiln = median([run[0].rate for run in runs])
+    anchor = median([run[1].rate for run in runs])
+    ratio = median([run[0].rate / run[1].rate for run in runs])
+    drain = {side: median([run[i].drain_s for run in runs]) for i, side in enumerate(SIDES)}
+    return [
+        bench_summary(
+            name="webhooks",
+            title="Webhook deliveries, one callbacks worker vs an httpx loop",
+            unit="deliveries/s",
+            kiln=kiln,
+            anchor=anchor,
+            ratio=ratio,
+            goal=0.5,
+            goal_text=">= 0.5 x the httpx loop and >= 300/s",
+            met=ratio >= 0.5 and kiln >= 300,
+            extra={"drain_s": drain},
+            markdown=markdown,
+        )
+    ]
+
+
 def _verdict(holds: bool) -> str:
     return "yes" if holds else "**no**"
 
@@ -569,18 +596,20 @@ def _verdict(holds: bool) -> str:
 # --- where the worker's time goes --------------------------------------------------------------
 
 WATCHED = [  # (label, file path suffix or "~" for C functions, function name), in call order
-    ("deliver: the whole attempt", "workers/flows/deliver.py", "deliver"),
-    ("crud.claim_delivery (UPDATE, COMMIT, SELECT)", "shared/crud.py", "claim_delivery"),
-    ("crud.signing_secret (SELECT api_keys)", "shared/crud.py", "signing_secret"),
+    ("deliver: a whole batch", "workers/flows/deliver.py", "deliver"),
+    ("crud.claim_due_deliveries (UPDATE … RETURNING, COMMIT)", "shared/crud.py",
+     "claim_due_deliveries"),
+    ("crud.signing_secrets (SELECT api_keys)", "shared/crud.py", "signing_secrets"),
     ("signing.signed_headers", "shared/webhooks/signing.py", "signed_headers"),
-    ("WebhookSender.post", "shared/webhooks/sender.py", "post"),
+    ("WebhookSender.post (event loop thread)", "shared/webhooks/sender.py", "post"),
     ("  ssrf.vet_url", "shared/webhooks/ssrf.py", "vet_url"),
-    ("  httpx Client.send", "httpx/_client.py", "send"),
-    ("deliver._record", "workers/flows/deliver.py", "_record"),
-    ("  crud.record_attempt (UPDATE, INSERT, COMMIT)", "shared/crud.py", "record_attempt"),
+    ("  httpx AsyncClient.send", "httpx/_client.py", "send"),
+    ("deliver._outcome (verdict, attempt row)", "workers/flows/deliver.py", "_outcome"),
+    ("crud.record_outcomes (UPDATE, UPDATE and INSERT many, COMMIT)", "shared/crud.py",
+     "record_outcomes"),
     ("sqlite3 Connection.commit (C)", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
     ("sqlite3 Cursor.execute (C)", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
-]
+]  # fmt: skip
 _PACKAGE = re.compile(r"site-packages/([^/]+)|/(shared|workers|bench)/|/python3\.\d+/(\w+)")
 
 
@@ -606,30 +635,45 @@ def _short(text: str) -> str:
     return _PATH_PREFIX.sub("", text)
 
 
+def _drain_in_process(count: int) -> int:
+    """Batches through `deliver` until `count` deliveries (or all that are due) went out."""
+    from workers.flows.deliver import deliver
+
+    done = 0
+    while done < count and (sent := deliver("bench")):
+        done += sent
+    return done
+
+
+async def _profile_loop_thread(profiler: cProfile.Profile, on: bool) -> None:
+    """Switch `profiler` on or off in the thread the coroutine runs in (cProfile is per thread)."""
+    if on:
+        profiler.enable()
+    else:
+        profiler.disable()
+
+
 def profile_in_process(stage: Stage, count: int) -> str:
-    """`deliver` in this process, one delivery after another: timed, then under cProfile."""
-    from workers.flows.deliver import deliver, get_sender
+    """`deliver` in this process, batch after batch: timed, then under cProfile."""
+    from workers.flows.deliver import get_sender
 
     get_sender.cache_clear()
-    ids = stage.backlog.ids
-    for delivery_id in ids[:PROFILE_WARMUP]:
-        deliver(delivery_id)
-    timed = ids[PROFILE_WARMUP : PROFILE_WARMUP + count]
-    profiled = ids[PROFILE_WARMUP + count : PROFILE_WARMUP + 2 * count]
+    _drain_in_process(PROFILE_WARMUP)
     wait_quiet()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for delivery_id in timed:
-        deliver(delivery_id)
-    wall_ms = (time.perf_counter() - wall0) / count * 1000
-    cpu_ms = (time.process_time() - cpu0) / count * 1000
-    profiler = cProfile.Profile()
+    timed = _drain_in_process(count)
+    wall_ms = (time.perf_counter() - wall0) / timed * 1000
+    cpu_ms = (time.process_time() - cpu0) / timed * 1000
+    profiler, loop_profiler = cProfile.Profile(), cProfile.Profile()
+    sender = get_sender()
+    sender.submit(_profile_loop_thread(loop_profiler, True)).result()
     profiler.enable()
-    for delivery_id in profiled:
-        deliver(delivery_id)
+    count = _drain_in_process(count)
     profiler.disable()
-    get_sender().close()
+    sender.submit(_profile_loop_thread(loop_profiler, False)).result()
+    sender.close()
     get_sender.cache_clear()
-    stats = pstats.Stats(profiler)
+    stats = pstats.Stats(profiler).add(loop_profiler)
     # pstats keeps its table in an attribute typeshed does not declare:
     # (file, line, function) → (primitive calls, calls, own time, cumulative time, callers).
     entries: dict[tuple[str, int, str], tuple[Any, ...]] = getattr(stats, "stats")  # noqa: B009
@@ -643,10 +687,10 @@ def profile_in_process(stage: Stage, count: int) -> str:
     for (file, _line, name), entry in entries.items():
         by_package[_where(file, name)] += entry[2]
     top = io.StringIO()
-    pstats.Stats(profiler, stream=top).sort_stats("tottime").print_stats(20)
+    pstats.Stats(profiler, stream=top).add(loop_profiler).sort_stats("tottime").print_stats(20)
     top_lines = [line for line in top.getvalue().splitlines() if line.strip()][-21:]
     return "\n\n".join([
-        f"In-process `deliver`, one at a time, {count} deliveries: {wall_ms:.2f} ms wall and "
+        f"In-process `deliver`, batch after batch, {timed} deliveries: {wall_ms:.2f} ms wall and "
         f"{cpu_ms:.2f} ms CPU per delivery without a profiler.",
         "Under cProfile (its overhead inflates Python-heavy parts):",
         table(["step", "cumulative ms/delivery", "share"], watched_rows),
@@ -687,7 +731,6 @@ class CpuSampler:
         self.inclusive: defaultdict[str, float] = defaultdict(float)  # once in a stack
         self.own: defaultdict[str, float] = defaultdict(float)  # the innermost Python frame
         self.threads: defaultdict[str, float] = defaultdict(float)  # name with digits as N
-        self.tasks = 0  # deliveries that finished while armed
         self.armed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
@@ -700,7 +743,7 @@ class CpuSampler:
         self._thread.join()
 
     def as_json(self) -> str:
-        fields = ("inclusive", "own", "threads", "tasks")
+        fields = ("inclusive", "own", "threads")
         return json.dumps({name: getattr(self, name) for name in fields})
 
     def _run(self) -> None:
@@ -744,8 +787,6 @@ def sampled_worker() -> None:
     out = Path(os.environ[SAMPLES_ENV])
 
     def on_task_done(**_: Any) -> None:
-        if sampler.armed.is_set():
-            sampler.tasks += 1
         sampler.armed.set()  # the first task's own time is left out with the boot
 
     def dump() -> None:
@@ -768,7 +809,7 @@ def profile_worker(stage: Stage, ids: list[str], args: argparse.Namespace) -> st
     wait_quiet()
     drained = drain(stage, argv, args.timeout, env={SAMPLES_ENV: str(samples_path)})
     data = json.loads(samples_path.read_text())
-    tasks = data["tasks"]
+    tasks = drained.measured  # deliveries: each task sends a batch of them
     threads: dict[str, float] = data["threads"]
     by_package: defaultdict[str, float] = defaultdict(float)
     for name, spent in data["own"].items():
@@ -819,6 +860,7 @@ def main() -> None:
     parser.add_argument("--profile-worker", type=int, default=0, metavar="M",
                         help="with --profile: M more through a sampled worker")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the data dirs and logs")
+    parser.add_argument("--json", type=Path, help="also write a summary for bench.run_all here")
     args = parser.parse_args()
     print(machine(), "\n")
     print(f"{args.deliveries} deliveries per side and repetition; Kiln: one callbacks worker, "
@@ -826,7 +868,9 @@ def main() -> None:
     print(table(HEADERS, []), flush=True)
     runs = [repetition(rep, args) for rep in range(args.reps)]
     print()
-    print(summary(runs))
+    markdown = summary(runs)
+    print(markdown)
+    write_summaries(args.json, summaries(runs, markdown))
     if args.profile > 0:
         print()
         print(profile_worker_path(args))

@@ -29,8 +29,8 @@ EVALUATION_POLICY = "evaluation"  # app builds' callbacks: 200 only, retried unt
 JOB_EVALUATED = "job.evaluation"
 
 REDISPATCH_AFTER_S = 60
-"""A pending delivery whose message was published is due again this much later: if the message
-was lost (Redis flushed, worker killed before it claimed), the reconciler publishes it anew."""
+"""Where a redelivered delivery's `next_attempt_at` is set; like a new one, it has made no
+attempt yet, so it is due at once, and the reconciler wakes a worker for it if none came."""
 
 
 def wants(job: Job, event_type: str) -> bool:
@@ -59,7 +59,7 @@ def delivery_for(job: Job, event_type: str, settings: Settings) -> Delivery | No
         event_type=event_type,
         url=job.webhook_url,
         payload=json.dumps(body, separators=(",", ":")),
-        next_attempt_at=now + timedelta(seconds=REDISPATCH_AFTER_S),
+        next_attempt_at=now,  # due at once: a delivery with no attempts always is
     )
 
 
@@ -75,5 +75,5 @@ def evaluation_delivery(job: Job, url: str, body: dict[str, Any], deadline_s: fl
         payload=json.dumps(body, separators=(",", ":")),
         policy=EVALUATION_POLICY,
         deadline_at=job.created_at + timedelta(seconds=deadline_s),
-        next_attempt_at=now + timedelta(seconds=REDISPATCH_AFTER_S),
+        next_attempt_at=now,  # due at once: a delivery with no attempts always is
     )

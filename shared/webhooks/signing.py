@@ -3,6 +3,7 @@
 import base64
 import secrets
 from datetime import datetime
+from functools import lru_cache
 
 from standardwebhooks import Webhook
 
@@ -22,5 +23,11 @@ def signed_headers(secret: str, event_id: str, body: str, timestamp: datetime) -
         "user-agent": USER_AGENT,
         "webhook-id": event_id,
         "webhook-timestamp": str(int(timestamp.timestamp())),
-        "webhook-signature": Webhook(secret).sign(event_id, timestamp, body),
+        "webhook-signature": _signer(secret).sign(event_id, timestamp, body),
     }
+
+
+@lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    # Decoding the secret is most of a signer's cost; a rotated secret is simply a new entry.
+    return Webhook(secret)

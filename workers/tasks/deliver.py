@@ -1,4 +1,4 @@
-"""The Celery task that makes webhook delivery attempts on the `callbacks` queue."""
+"""The Celery task that sends batches of webhook deliveries on the `callbacks` queue."""
 
 from shared.celery_app import celery_app
 from shared.queues import TASK_DELIVER
