@@ -1,6 +1,11 @@
 """The worker registry: each worker announces in Redis which queues it consumes (so `/readyz`
-can tell whether every queue has a consumer) and, for `gpu` workers, the backend they talk to and
-the models it has (so the API can list models without calling a backend itself)."""
+can tell whether every queue has a consumer) and, for `gpu` workers, their GPU, the backend they
+talk to, the models it has (so the API can list models without calling a backend itself) and the
+job they run now.
+
+A worker's record is a Redis hash: its main process refreshes the `info` field on each beat, while
+the pool process that runs a task sets and clears the `job` field, so neither overwrites the other.
+"""
 
 import json
 import logging
@@ -12,11 +17,14 @@ from typing import Any
 
 from shared import keys
 from shared.broker import get_redis
+from shared.queues import QUEUE_GPU
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TTL_S = 15  # a worker silent for this long counts as gone
+INFO_FIELD = "info"  # WorkerInfo as JSON, rewritten on each beat
+JOB_FIELD = "job"  # the id of the job the worker runs now; absent while it is idle
 
 
 @dataclass
@@ -28,6 +36,16 @@ class WorkerInfo:
     pid: int = field(default_factory=os.getpid)
     provider: str | None = None  # gpu workers: the LLM backend they use
     models: list[str] = field(default_factory=list)  # gpu workers: what that backend serves
+    gpu_index: int | None = None  # gpu workers started by `kiln worker --gpus`: their GPU
+    backend_url: str | None = None  # gpu workers: where their backend listens
+    job_id: str | None = None  # read from the record's own `job` field, never from `info`
+
+    @property
+    def state(self) -> str | None:
+        """`busy` or `idle` for a gpu worker; other workers run several tasks at once."""
+        if QUEUE_GPU not in self.queues:
+            return None
+        return "busy" if self.job_id else "idle"
 
 
 class WorkerHeartbeat:
@@ -63,12 +81,37 @@ class WorkerHeartbeat:
                     self.info.models = self.list_models()
             except Exception:
                 log.warning("could not list the backend's models", exc_info=True)
+            announced = asdict(self.info)
+            del announced["job_id"]
             try:
-                get_redis().set(self.key, json.dumps(asdict(self.info)), ex=HEARTBEAT_TTL_S)
+                with get_redis().pipeline() as pipe:
+                    pipe.hset(self.key, INFO_FIELD, json.dumps(announced))
+                    pipe.expire(self.key, HEARTBEAT_TTL_S)
+                    pipe.execute()
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
             if self._stop.wait(HEARTBEAT_INTERVAL_S):
                 return
+
+
+def mark_busy(hostname: str, job_id: str) -> None:
+    """Record at once that the worker runs this job (the next beat would come too late)."""
+    key = keys.worker_heartbeat(hostname)
+    try:
+        with get_redis().pipeline() as pipe:
+            pipe.hset(key, JOB_FIELD, job_id)
+            pipe.expire(key, HEARTBEAT_TTL_S)
+            pipe.execute()
+    except Exception:
+        log.warning("could not mark %s busy", hostname, exc_info=True)
+
+
+def mark_idle(hostname: str) -> None:
+    """Record at once that the worker runs no job."""
+    try:
+        get_redis().hdel(keys.worker_heartbeat(hostname), JOB_FIELD)
+    except Exception:
+        log.warning("could not mark %s idle", hostname, exc_info=True)
 
 
 def live_workers() -> list[WorkerInfo]:
@@ -76,9 +119,12 @@ def live_workers() -> list[WorkerInfo]:
     client = get_redis()
     found = []
     for key in client.scan_iter(match=keys.WORKER_HEARTBEAT_PREFIX + "*", count=100):
-        raw = client.get(key)
-        if raw:
-            found.append(WorkerInfo(**_known_fields(json.loads(raw))))
+        record = client.hgetall(key)
+        if raw := record.get(INFO_FIELD.encode()):
+            worker = WorkerInfo(**_known_fields(json.loads(raw)))
+            job = record.get(JOB_FIELD.encode())
+            worker.job_id = job.decode() if isinstance(job, bytes) and job else None
+            found.append(worker)
     return sorted(found, key=lambda worker: worker.hostname)
 
 
