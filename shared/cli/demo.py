@@ -1,6 +1,5 @@
 """`kiln demo`: a throwaway stack, one generate job streamed to the terminal, then a clean stop."""
 
-import json
 import secrets
 import shutil
 import tempfile
@@ -8,10 +7,10 @@ import time
 from pathlib import Path
 
 import httpx
-from httpx_sse import connect_sse
 from rich.console import Console
 
 from shared import migrate
+from shared.cli.client import ClientError, KilnClient
 from shared.cli.stack import Stack
 from shared.config import get_settings
 from shared.embedded_redis import free_port
@@ -37,13 +36,13 @@ def _pick_provider(console: Console) -> dict[str, str]:
     return {"KILN_LLM_PROVIDER": "template"}
 
 
-def _wait_ready(client: httpx.Client) -> None:
+def _wait_ready(client: KilnClient) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
+            client.call("GET", "/readyz")
+            return
+        except ClientError:
             pass
         time.sleep(0.2)
     raise RuntimeError("the stack did not become ready in time")
@@ -68,14 +67,12 @@ def run_demo(prompt: str) -> int:
     console.print(f"[dim]Throwaway data dir {data_dir}; webhooks to private addresses allowed.[/]")
     try:
         migrate.upgrade(env["KILN_DATABASE_URL"])
-        with console.status("starting Kiln (API, workers, reconciler, embedded Redis)…"):
-            stack.start()
-            client = httpx.Client(
-                base_url=stack.api_url, headers={"Authorization": f"Bearer {admin_key}"}
-            )
-            _wait_ready(client)
-        return _run_job(console, client, prompt)
-    except (RuntimeError, httpx.HTTPError) as exc:
+        with KilnClient(stack.api_url, admin_key) as client:
+            with console.status("starting Kiln (API, workers, reconciler, embedded Redis)…"):
+                stack.start()
+                _wait_ready(client)
+            return _run_job(console, client, prompt)
+    except (RuntimeError, ClientError) as exc:
         console.print(f"[red]Demo failed:[/] {exc}")
         for log_file in sorted((data_dir / "logs").glob("*.log")):
             console.print(f"[dim]--- {log_file.name} (last lines)[/]")
@@ -86,20 +83,16 @@ def run_demo(prompt: str) -> int:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _run_job(console: Console, client: httpx.Client, prompt: str) -> int:
+def _run_job(console: Console, client: KilnClient, prompt: str) -> int:
     started = time.perf_counter()
-    response = client.post("/v1/jobs", json={"kind": "generate", "input": {"prompt": prompt}})
-    response.raise_for_status()
-    job = response.json()
+    job = client.call("POST", "/v1/jobs", json={"kind": "generate", "input": {"prompt": prompt}})
     console.print(f"[bold]Job[/] {job['id']} queued. [bold]Prompt:[/] {prompt}\n")
     final: dict[str, object] = {}
-    with connect_sse(client, "GET", f"/v1/jobs/{job['id']}/events", timeout=None) as source:
-        for event in source.iter_sse():
-            data = json.loads(event.data)
-            if event.event == "token":
-                console.print(data["delta"], end="", soft_wrap=True, highlight=False)
-            elif event.event == "status" and data["status"] in ("succeeded", "failed", "canceled"):
-                final = data
+    for event in client.job_events(job["id"]):
+        if event.event == "token":
+            console.print(event.data["delta"], end="", soft_wrap=True, highlight=False)
+        elif event.ends_job:
+            final = event.data
     elapsed = time.perf_counter() - started
     console.print()
     if final.get("status") != "succeeded":

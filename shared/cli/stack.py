@@ -1,5 +1,5 @@
-"""A supervisor for the whole stack on one machine: API, workers, reconciler and Flower as
-child processes, restarted when they die and stopped together."""
+"""Supervised child processes, restarted when they die and stopped together: the whole stack
+on one machine (API, workers, reconciler, Flower) and the per-GPU workers."""
 
 import contextlib
 import logging
@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import metrics
 from shared.embedded_redis import EmbeddedRedis, answers
 
 log = logging.getLogger(__name__)
@@ -33,68 +34,31 @@ class Service:
     restarts: int = 0
     not_before: float = 0.0
     held: bool = False  # stopped on purpose: not restarted until resumed
+    env: dict[str, str] = field(default_factory=dict)  # this child's own additions
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
 
-@dataclass
-class Stack:
-    """What `kiln up` and `kiln demo` run."""
+@dataclass(kw_only=True)
+class Supervisor:
+    """Child processes, each restarted with back-off when it dies, stopped together."""
 
-    data_dir: Path
-    port: int
-    env: dict[str, str] = field(default_factory=dict)
-    flower_port: int | None = None
-    flower_auth: str | None = None
-    own_redis: bool = False  # always start an embedded Redis (demo, tests)
-    worker_concurrency: int = 2
+    env: dict[str, str] = field(default_factory=dict)  # added to every child's environment
     log_dir: Path | None = None  # children's output goes to files here instead of the terminal
     services: dict[str, Service] = field(default_factory=dict)
-    redis: EmbeddedRedis | None = None
 
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def resolve_redis(self) -> str:
-        """KILN_REDIS_URL if set; else a local Redis that answers; else an embedded one."""
-        if url := self.env.get("KILN_REDIS_URL"):
-            return url
-        if not self.own_redis and answers(LOCAL_REDIS_URL):
-            return LOCAL_REDIS_URL
-        self.redis = EmbeddedRedis(self.data_dir / "redis", persist=not self.own_redis)
-        return self.redis.start()
-
-    def start(self) -> None:
-        """Start Redis if needed, then every service."""
-        self.env["KILN_REDIS_URL"] = self.resolve_redis()
-        self.env.setdefault("KILN_PUBLIC_URL", self.api_url)
-        api = ["uvicorn", "api.main:create_app", "--factory", "--no-access-log"]
-        api += ["--host", "127.0.0.1", "--port", str(self.port)]
-        workers = [
-            ("worker-gpu", "gpu", 1, "prefork"),
-            ("worker-io", "io", self.worker_concurrency, "prefork"),
-            # Deliveries wait on the network, so threads overlap them at little memory cost.
-            ("worker-callbacks", "callbacks", CALLBACK_THREADS, "threads"),
-        ]
-        self.services["api"] = Service("api", [sys.executable, "-m", *api])
-        for name, queue, concurrency, pool in workers:
-            argv = [*KILN, "worker", "--queues", queue, "--concurrency", str(concurrency)]
-            self.services[name] = Service(name, [*argv, "--pool", pool, "--name", f"{name}@%h"])
-        self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"])
-        if self.flower_port is not None:
-            flower = [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
-            flower += [f"--port={self.flower_port}", "--address=127.0.0.1"]
-            if self.flower_auth:
-                flower.append(f"--basic_auth={self.flower_auth}")
-            self.services["flower"] = Service("flower", flower)
+    def start_services(self) -> None:
+        """Start every service not started yet."""
         for service in self.services.values():
-            self._spawn(service)
+            if service.process is None:
+                self._spawn(service)
 
     def _spawn(self, service: Service) -> None:
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, **service.env}
+        if service.name == "flower":
+            env.pop(metrics.MULTIPROC_ENV, None)  # Flower's own metrics are not Kiln's
         # Each child leads its own process group, so Ctrl-C reaches only the supervisor,
         # which then stops every child (and the child's own children) in order.
         output = None
@@ -142,8 +106,67 @@ class Stack:
         self._spawn(service)
 
     def stop(self) -> None:
-        """Stop every service and the embedded Redis; nothing is left running."""
+        """Stop every service; nothing is left running."""
         _stop_services(list(self.services.values()))
+
+
+@dataclass(kw_only=True)
+class Stack(Supervisor):
+    """What `kiln up` and `kiln demo` run."""
+
+    data_dir: Path
+    port: int
+    flower_port: int | None = None
+    flower_auth: str | None = None
+    own_redis: bool = False  # always start an embedded Redis (demo, tests)
+    worker_concurrency: int = 2
+    redis: EmbeddedRedis | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def resolve_redis(self) -> str:
+        """KILN_REDIS_URL if set; else a local Redis that answers; else an embedded one."""
+        if url := self.env.get("KILN_REDIS_URL"):
+            return url
+        if not self.own_redis and answers(LOCAL_REDIS_URL):
+            return LOCAL_REDIS_URL
+        self.redis = EmbeddedRedis(self.data_dir / "redis", persist=not self.own_redis)
+        return self.redis.start()
+
+    def start(self) -> None:
+        """Start Redis if needed, then every service."""
+        self.env["KILN_REDIS_URL"] = self.resolve_redis()
+        self.env.setdefault("KILN_PUBLIC_URL", self.api_url)
+        # Every process of the stack records into one directory, so the API's /metrics has all.
+        metrics_dir = self.data_dir / "metrics"
+        metrics.reset_multiprocess_dir(metrics_dir)
+        self.env[metrics.MULTIPROC_ENV] = str(metrics_dir)
+        api = ["uvicorn", "api.main:create_app", "--factory", "--no-access-log"]
+        api += ["--host", "127.0.0.1", "--port", str(self.port)]
+        workers = [
+            ("worker-gpu", "gpu", 1, "prefork"),
+            ("worker-io", "io", self.worker_concurrency, "prefork"),
+            # Deliveries wait on the network, so threads overlap them at little memory cost.
+            ("worker-callbacks", "callbacks", CALLBACK_THREADS, "threads"),
+        ]
+        self.services["api"] = Service("api", [sys.executable, "-m", *api])
+        for name, queue, concurrency, pool in workers:
+            argv = [*KILN, "worker", "--queues", queue, "--concurrency", str(concurrency)]
+            self.services[name] = Service(name, [*argv, "--pool", pool, "--name", f"{name}@%h"])
+        self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"])
+        if self.flower_port is not None:
+            flower = [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
+            flower += [f"--port={self.flower_port}", "--address=127.0.0.1"]
+            if self.flower_auth:
+                flower.append(f"--basic_auth={self.flower_auth}")
+            self.services["flower"] = Service("flower", flower)
+        self.start_services()
+
+    def stop(self) -> None:
+        """Stop every service and the embedded Redis; nothing is left running."""
+        super().stop()
         if self.redis is not None:
             self.redis.stop()
 
