@@ -4,6 +4,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
@@ -22,14 +23,15 @@ FLAGS = [
 
 
 @contextmanager
-def browser_page() -> Iterator[Page]:
-    """A page in a fresh headless Chromium; skips the test where Chromium is not installed."""
+def browser_page(**options: Any) -> Iterator[Page]:
+    """A page in a fresh headless Chromium, made with Playwright's `new_page` options
+    (`http_credentials`…); skips the test where Chromium is not installed."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
-            yield browser.new_page()
+            yield browser.new_page(**options)
         finally:
             browser.close()
 
