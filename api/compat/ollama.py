@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api import calls
 from api.deps import BaseURLDep, KeyDep, SettingsDep
 from api.errors import field_name
+from api.limits import RateLimited
 from shared.config import Settings
 from shared.exceptions import KilnError, Unauthorized
 from shared.models import ApiKey
@@ -60,6 +61,8 @@ class OllamaRoute(APIRoute):
                 return error(400, first or "invalid request")
             except KilnError as exc:
                 headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+                if isinstance(exc, RateLimited):
+                    headers = exc.headers
                 return error(exc.status_code, exc.message, headers)
 
         return handle

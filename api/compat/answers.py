@@ -1,0 +1,60 @@
+"""What the small compatibility APIs (private LLM server, MLOps backend, gateway) share: a
+generation's waited-on result or its error in Kiln's shape, and its tokens as `data:` events."""
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api import calls
+from api.errors import error_response
+from shared.config import Settings
+from shared.models import ApiKey, Job
+from shared.states import JobStatus
+
+Piece = Callable[[str], dict[str, Any]]
+"""Wraps a token the way a format's events carry it: `{"response": ...}`, `{"text": ...}`."""
+
+
+async def waited(job: Job, settings: Settings, base_url: str) -> dict[str, Any] | JSONResponse:
+    """The job's result once it succeeded; else the answer instead: `504` with the job's URL
+    if it still runs after KILN_SYNC_TIMEOUT_S (it goes on), or the job's error status."""
+    done = await calls.finished(job, settings.sync_timeout_s)
+    if done is None:
+        url = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
+        message = f"still running after {settings.sync_timeout_s:g}s: follow {url}"
+        return error_response(504, "timeout", message, {"job_id": job.id}, {"Location": url})
+    if done.status != JobStatus.succeeded:
+        status, error = calls.error_status(done)
+        return error_response(status, error["code"], error["message"], {"job_id": done.id})
+    return done.result or {}
+
+
+def streamed(
+    job_id: str, api_key: ApiKey, piece: Piece, end: dict[str, Any]
+) -> EventSourceResponse:
+    """`data: <piece>` per token, then `data: <end>`; a failure is `data: {"error": {...}}`
+    in Kiln's error shape. A client that hangs up cancels the job."""
+    return EventSourceResponse(_events(job_id, api_key, piece, end), ping=15, sep="\n")
+
+
+async def _events(
+    job_id: str, api_key: ApiKey, piece: Piece, end: dict[str, Any]
+) -> AsyncIterator[ServerSentEvent]:
+    async for kind, data in calls.tokens(job_id, api_key):
+        if kind == "token":
+            sent = piece(data["delta"])
+        elif kind == "done":
+            sent = end
+        else:
+            sent = {
+                "error": {
+                    "code": data.get("code", "job_failed"),
+                    "message": data.get("message", "the job failed"),
+                    "details": {"job_id": job_id},
+                }
+            }
+        # json.dumps's default spacing and bare `\n` line ends, as the formats' servers send.
+        yield ServerSentEvent(data=json.dumps(sent), sep="\n")
