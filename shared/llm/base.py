@@ -40,6 +40,10 @@ class ChatRequest:
     format: dict[str, Any] | str | None = None
 
 
+LLMRequest = GenerateRequest | ChatRequest
+"""A request of either kind a provider answers."""
+
+
 @dataclass(frozen=True)
 class GenerateResult:
     """A finished completion with the counts and durations (nanoseconds) the backend reported."""
@@ -54,6 +58,7 @@ class GenerateResult:
     load_duration: int | None = None
     prompt_eval_duration: int | None = None
     eval_duration: int | None = None
+    cached: bool = False  # served from the result cache, not by the backend
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,3 +88,12 @@ class LLMProvider(Protocol):
     def list_models(self) -> list[dict[str, Any]]:
         """The models the backend has, as it describes them (`name` or `id` names each)."""
         ...
+
+
+def complete(
+    provider: LLMProvider, request: LLMRequest, *, on_token: TokenSink, should_stop: StopCheck
+) -> GenerateResult:
+    """Ask `provider` to answer either kind of request."""
+    if isinstance(request, ChatRequest):
+        return provider.chat(request, on_token=on_token, should_stop=should_stop)
+    return provider.generate(request, on_token=on_token, should_stop=should_stop)

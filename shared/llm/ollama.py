@@ -11,6 +11,9 @@ import httpx
 from shared.exceptions import JobCanceled, LLMFailed, LLMUnavailable, ModelNotFound
 from shared.llm.base import ChatRequest, GenerateRequest, GenerateResult, StopCheck, TokenSink
 
+ProgressSink = Callable[[dict[str, Any]], None]
+"""Receives each progress line of a pull (`status`, and `total`/`completed` while downloading)."""
+
 
 class OllamaProvider:
     """Talks to one Ollama server over its native HTTP API."""
@@ -85,6 +88,36 @@ class OllamaProvider:
         models: list[dict[str, Any]] = response.json().get("models", [])
         return models
 
+    def pull(self, model: str, *, on_progress: ProgressSink, should_stop: StopCheck) -> None:
+        """Pull `model` through `/api/pull`, passing on each progress line as Ollama sends it.
+
+        Raises `ModelNotFound` when the registry has no such model.
+        """
+        url = f"{self.base_url}/api/pull"
+        body = {"model": model, "stream": True}
+        with self._errors_mapped(), self._client.stream("POST", url, json=body) as response:
+            _raise_for_status(response)
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                chunk = _parse_line(line)
+                if "error" in chunk:
+                    raise _pull_error(model, str(chunk["error"]))
+                on_progress(chunk)
+                if chunk.get("status") == "success":
+                    return
+                if should_stop():
+                    raise JobCanceled()
+        raise LLMUnavailable(f"Ollama at {self.base_url}: the pull ended before it finished")
+
+    def delete(self, model: str) -> None:
+        """Delete `model` through `/api/delete`; `ModelNotFound` if Ollama has no such model."""
+        with self._errors_mapped():
+            response = self._client.request(
+                "DELETE", f"{self.base_url}/api/delete", json={"model": model}
+            )
+        _raise_for_status(response)
+
     def close(self) -> None:
         """Close the HTTP client, unless it was injected (its owner closes it)."""
         if self._owns_client:
@@ -120,6 +153,13 @@ def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code in (502, 503, 504):  # a proxy or a server still starting up
         raise LLMUnavailable(message)
     raise LLMFailed(message)
+
+
+def _pull_error(model: str, message: str) -> LLMFailed | ModelNotFound:
+    # Ollama streams a missing manifest as an error line after `200 OK`.
+    if "file does not exist" in message or "not found" in message:
+        return ModelNotFound(f"model {model!r} is not in the registry: {message}")
+    return LLMFailed(message)
 
 
 def _generate_delta(chunk: dict[str, Any]) -> str:
