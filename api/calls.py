@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import service
+from api.errors import error_response
 from api.event_stream import events_of, wait_until_done
 from shared import crud
 from shared.config import Settings
@@ -16,8 +18,8 @@ from shared.db import open_session
 from shared.events import EVENT_TOKEN
 from shared.logs import request_id_var
 from shared.models import ApiKey, Job
-from shared.schemas import JobCreate
-from shared.states import TERMINAL
+from shared.schemas import JobCreate, JobPublic
+from shared.states import TERMINAL, JobStatus
 
 STATUS_FOR_ERROR = {
     "model_not_found": 404,
@@ -53,6 +55,21 @@ async def finished(job: Job, timeout_s: float) -> Job | None:
     if not await wait_until_done(job.id, timeout_s):
         return None
     return await run_in_threadpool(_load, job.id)
+
+
+async def answer_when_done(job: Job, timeout_s: float, base_url: str) -> JobPublic | JSONResponse:
+    """The finished job; its error in the one shape (the job in `details`) if it failed; or
+    `202` with the job and a `Location` if it still runs after `timeout_s`."""
+    done = await finished(job, timeout_s)
+    public = JobPublic.from_job(done or job, base_url)
+    if done is None:
+        headers = {"Location": public.urls.get}
+        return JSONResponse(public.model_dump(mode="json"), status_code=202, headers=headers)
+    if done.status == JobStatus.succeeded:
+        return public
+    status, error = error_status(done)
+    details = {"job": public.model_dump(mode="json")}
+    return error_response(status, error["code"], error["message"], details)
 
 
 def error_status(job: Job) -> tuple[int, dict[str, str]]:

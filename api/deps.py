@@ -11,6 +11,7 @@ from fastapi import Depends, Header, Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from api import limits
 from shared import crud
 from shared.config import Settings, get_settings
 from shared.db import get_session, open_session
@@ -33,11 +34,23 @@ def _active_key(key: str) -> ApiKey | None:
         return crud.get_active_key(session=session, key=key)
 
 
+def _checked_key(key: str, client: str, settings: Settings) -> ApiKey | None:
+    """The active key, after the client's bad-key budget allows a look-up; a miss is counted."""
+    limits.refuse_guessing(client=client)
+    api_key = _active_key(key)
+    if api_key is None:
+        limits.count_bad_key(settings=settings, client=client)
+    return api_key
+
+
 async def authenticate(
+    request: Request,
+    settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> ApiKey:
-    """The key sent as `Authorization: Bearer <key>` or `X-API-Key`; 401 if none is valid."""
+    """The key sent as `Authorization: Bearer <key>` or `X-API-Key`; 401 if none is valid,
+    429 once the client's address sent too many invalid keys this minute."""
     key = x_api_key
     if authorization:
         scheme, _, credentials = authorization.partition(" ")
@@ -45,7 +58,8 @@ async def authenticate(
             key = credentials.strip()
     if not key:
         raise Unauthorized("an API key is required (Authorization: Bearer <key> or X-API-Key)")
-    api_key = await run_in_threadpool(_active_key, key)
+    client = request.client.host if request.client else "unknown"
+    api_key = await run_in_threadpool(_checked_key, key, client, settings)
     if api_key is None:
         raise Unauthorized("the API key is invalid or revoked")
     return api_key

@@ -1,8 +1,12 @@
-"""ASGI middleware: request ids, and the request body size limit."""
+"""ASGI middleware: request ids, the request body size limit, security headers on HTML, and
+CORS refusals in Kiln's error shape."""
 
 import re
 import uuid
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
@@ -88,6 +92,62 @@ class BodySizeLimitMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+# Kiln's own pages load scripts and styles only from Kiln, and nothing may frame them.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; "
+    "frame-ancestors 'none'"
+)
+# HTML Kiln serves but did not write (Swagger UI, published sites) may need inline code.
+FRAME_ONLY_CSP = "frame-ancestors 'none'"
+HTML_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Adds a content security policy and anti-framing, no-sniffing and referrer headers to
+    every HTML response; paths under `relaxed_prefixes` get only the anti-framing policy."""
+
+    def __init__(self, app: ASGIApp, relaxed_prefixes: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.relaxed_prefixes = relaxed_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        relaxed = str(scope["path"]).startswith(self.relaxed_prefixes)
+        csp = (FRAME_ONLY_CSP if relaxed else PAGE_CSP).encode()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                content_type = next((v for k, v in headers if k == b"content-type"), b"")
+                if content_type.startswith(b"text/html"):
+                    headers += [*HTML_HEADERS, (b"content-security-policy", csp)]
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class KilnCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight answers in Kiln's one error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = error_response(400, "cors_refused", bytes(response.body).decode())
+        refused.headers.update(
+            {k: v for k, v in response.headers.items() if k.lower().startswith("access-control")}
+        )
+        return refused
 
 
 async def _reject(max_bytes: int, scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,22 +7,31 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from api import limits
 from api.errors import field_name
-from shared import crud, keys, lifecycle
+from shared import crud, keys, lifecycle, metrics
 from shared.attachments import decode_all
 from shared.broker import get_redis
 from shared.config import Settings
 from shared.crud import ADMIN_KEY_ID
 from shared.db import open_session
 from shared.dispatch import dispatch_delivery, enqueue
-from shared.exceptions import Conflict, Forbidden, IdempotencyKeyReused, InvalidInput, NotFound
+from shared.exceptions import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidInput,
+    ModelNotFound,
+    NotFound,
+)
 from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
+from shared.registry import servable_models
 from shared.schemas import KIND_INPUTS, JobCreate, TaskBrief
 from shared.states import TERMINAL, DeliveryStatus, JobStatus
 from shared.webhooks.outbox import REDISPATCH_AFTER_S
@@ -103,6 +112,10 @@ def submit_job(
     The same idempotency key and body return the existing job; a different body is refused.
     """
     job_input = _validated_input(body)
+    if "model" in KIND_INPUTS[body.kind].model_fields and not job_input.get("model"):
+        # Fixed at submit, so a later switch never changes what a queued job runs.
+        job_input["model"] = active_model(session=session, settings=settings)
+    limits.check_prompt(body.kind, job_input, settings)
     if body.webhook_url is not None:
         _vet_url_field("webhook_url", str(body.webhook_url), settings)
     request_hash = _request_hash(body) if idempotency_key else None
@@ -112,6 +125,7 @@ def submit_job(
         )
         if (job := _replay(existing, request_hash or "")) is not None:
             return job, False
+    limits.admit(settings=settings, api_key=api_key)
     job = Job(
         kind=body.kind,
         input=job_input,
@@ -142,6 +156,7 @@ def _insert_once(session: Session, job: Job) -> tuple[Job, bool]:
             raise
         return existing, False
     enqueue(job, announce=True)
+    metrics.JOBS_SUBMITTED.labels(job.kind).inc()
     log.info("job %s queued", job.id, extra={"task": job.kind})
     return job, True
 
@@ -330,3 +345,71 @@ def notify_progress(*, session: Session, delivery_id: str) -> dict[str, Any]:
             for attempt in attempts
         ],
     }
+
+
+# The state a job's webhook column shows: its least settled delivery's.
+_DELIVERY_STATE_ORDER = (
+    DeliveryStatus.failed,
+    DeliveryStatus.delivering,
+    DeliveryStatus.pending,
+    DeliveryStatus.succeeded,
+)
+
+
+def webhook_states(*, session: Session, job_ids: list[str]) -> dict[str, str | None]:
+    """Each job's webhook delivery state: failed, delivering, pending or succeeded (the least
+    settled of its deliveries), or None for a job without deliveries."""
+    statuses = crud.delivery_statuses_of(session=session, job_ids=job_ids)
+    return {
+        job_id: next((state.value for state in _DELIVERY_STATE_ORDER if state in found), None)
+        for job_id, found in statuses.items()
+    }
+
+
+ACTIVE_MODEL = "active_model"  # the runtime setting that overrides KILN_DEFAULT_MODEL
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two names mean one model (Ollama names without a tag mean `:latest`)."""
+    return (a if ":" in a else f"{a}:latest") == (b if ":" in b else f"{b}:latest")
+
+
+def active_model(*, session: Session, settings: Settings) -> str:
+    """The model a job that names none runs: the admin's switch, else KILN_DEFAULT_MODEL."""
+    return crud.get_runtime_setting(session=session, name=ACTIVE_MODEL) or settings.default_model
+
+
+def switch_model(*, session: Session, model: str) -> str:
+    """Make `model` the active one, if a live GPU worker can serve it; 404 otherwise."""
+    served = next((name for name in servable_models() if same_model(name, model)), None)
+    if served is None:
+        raise ModelNotFound(f"no live worker serves the model {model!r}; pull it first")
+    crud.set_runtime_setting(session=session, name=ACTIVE_MODEL, value=served)
+    return served
+
+
+def submit_model_job(
+    *,
+    session: Session,
+    settings: Settings,
+    api_key: ApiKey,
+    kind: Literal["model_pull", "model_delete"],
+    model: str,
+    request_id: str | None,
+) -> Job:
+    """Queue a pull or delete of `model`; the built-in and the active model are never deleted."""
+    if kind == "model_delete":
+        if same_model(model, settings.default_model):
+            raise Conflict(
+                f"{model!r} is the built-in model (KILN_DEFAULT_MODEL)", code="builtin_model"
+            )
+        if same_model(model, active_model(session=session, settings=settings)):
+            raise Conflict(f"{model!r} is the active model; switch first", code="active_model")
+    job = Job(
+        kind=kind,
+        input={"model": model},
+        owner_id=api_key.id,
+        request_id=request_id,
+        max_attempts=settings.job_max_attempts,
+    )
+    return _insert_once(session, job)[0]

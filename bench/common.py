@@ -3,6 +3,7 @@ readings from /proc, and small statistics and tables."""
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
 import secrets
@@ -291,9 +292,15 @@ QUIET_PCT = 10.0  # the machine counts as quiet below this busy share (other peo
 NOISY_RETRIES = 2  # how often a measurement that other programs disturbed is taken again
 
 
-def wait_quiet(max_wait_s: float = 120.0, window_s: float = 2.0) -> float:
+def wait_quiet(max_wait_s: float | None = None, window_s: float = 2.0) -> float:
     """Wait (up to `max_wait_s`) until the machine is quiet over a `window_s` window, so other
-    work on a shared machine skews a measurement less; returns the last busy percentage."""
+    work on a shared machine skews a measurement less; returns the last busy percentage.
+
+    `max_wait_s` defaults to BENCH_QUIET_WAIT_S or 120; 0 measures at once (smoke runs)."""
+    if max_wait_s is None:
+        max_wait_s = float(os.environ.get("BENCH_QUIET_WAIT_S", "120"))
+    if max_wait_s <= 0:
+        return 0.0
     cores = len(os.sched_getaffinity(0))
     deadline = time.monotonic() + max_wait_s
     while True:
@@ -339,6 +346,49 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bench_summary(
+    *,
+    name: str,
+    title: str,
+    unit: str,
+    kiln: float,
+    anchor: float,
+    goal: float,
+    goal_text: str,
+    met: bool,
+    markdown: str,
+    ratio: float | None = None,
+    latency_ms: dict[str, dict[str, float]] | None = None,
+    extra: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """One measurement in the form `bench.run_all` reads; `ratio` defaults to kiln / anchor."""
+    script, argv = Path(sys.argv[0]).stem, sys.argv[1:]
+    if "--json" in argv:  # the command as a reader would type it, without --json PATH
+        at = argv.index("--json")
+        del argv[at : at + 2]
+    return {
+        "name": name,
+        "title": title,
+        "unit": unit,
+        "kiln": kiln,
+        "anchor": anchor,
+        "ratio": kiln / anchor if ratio is None else ratio,
+        "goal": goal,
+        "goal_text": goal_text,
+        "met": met,
+        "latency_ms": latency_ms,
+        "extra": extra,
+        "command": " ".join(["uv run python -m", f"bench.{script}", *argv]),
+        "table": markdown,
+    }
+
+
+def write_summaries(path: Path | None, summaries: Sequence[dict[str, object]]) -> None:
+    """Write a script's summaries to `path` as JSON (nothing when no --json was given)."""
+    if path is not None:
+        path.write_text(json.dumps(list(summaries), indent=2) + "\n")
 
 
 def code_version() -> str:

@@ -23,6 +23,7 @@ import uvloop
 from bench.common import (
     NOISY_RETRIES,
     CpuMeter,
+    bench_summary,
     fresh_redis,
     kiln_env,
     machine,
@@ -37,12 +38,15 @@ from bench.common import (
     uvicorn_argv,
     wait_quiet,
     wait_uvicorn,
+    write_summaries,
 )
 from bench.loadgen import LoadClient, Phase, build_request
 from shared.embedded_redis import free_port
 
 PROMPT = "Say hello to the benchmark"
 BODY = json.dumps({"kind": "generate", "input": {"prompt": PROMPT}}).encode()
+GOAL = 0.6  # Kiln's req/s at least this share of the anchor's
+RSS_GROWTH_GOAL = 1.1  # the API's RSS after the load at most this multiple of its idle RSS
 IDLE_SETTLE_S = 2.0  # after start-up, before the idle RSS is read
 ANCHOR_APP = "bench.anchors:create_app"
 
@@ -178,6 +182,46 @@ def summary(runs: list[list[Sample]]) -> str:
     return "\n".join(lines)
 
 
+def summaries(runs: list[list[Sample]], markdown: str) -> list[dict[str, object]]:
+    """Throughput and memory against the anchor, for `bench.run_all`."""
+
+    def middle(index: int, name: str) -> float:
+        return median([getattr(run[index], name) for run in runs])
+
+    ratio = median([run[0].rate / run[1].rate for run in runs])
+    growth = middle(0, "loaded_rss_mib") / middle(0, "idle_rss_mib")
+    latency = {
+        side: {"p50": middle(index, "p50_ms"), "p99": middle(index, "p99_ms")}
+        for index, side in enumerate(("kiln", "anchor"))
+    }
+    submit = bench_summary(
+        name="submit",
+        title="Submit (POST /v1/jobs)",
+        unit="req/s",
+        kiln=middle(0, "rate"),
+        anchor=middle(1, "rate"),
+        ratio=ratio,
+        goal=GOAL,
+        goal_text=f">= {GOAL} x bare FastAPI + Celery",
+        met=ratio >= GOAL,
+        latency_ms=latency,
+        markdown=markdown,
+    )
+    memory = bench_summary(
+        name="memory",
+        title="API idle RSS",
+        unit="MiB",
+        kiln=middle(0, "idle_rss_mib"),
+        anchor=middle(1, "idle_rss_mib"),
+        goal=RSS_GROWTH_GOAL,
+        goal_text=f"RSS after load <= {RSS_GROWTH_GOAL} x idle (10-minute soak: make soak)",
+        met=growth <= RSS_GROWTH_GOAL,
+        extra={"kiln_loaded_rss_mib": middle(0, "loaded_rss_mib"), "growth": growth},
+        markdown=markdown,
+    )
+    return [submit, memory]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -187,6 +231,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers, both servers")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit per batch, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
+    parser.add_argument("--json", type=Path, help="also write a summary for bench.run_all here")
     parser.add_argument(
         "--max-other",
         type=float,
@@ -204,7 +249,9 @@ def main() -> None:
     print(table(HEADERS, []))
     runs = [repetition(rep, args) for rep in range(args.reps)]
     print()
-    print(summary(runs))
+    markdown = summary(runs)
+    print(markdown)
+    write_summaries(args.json, summaries(runs, markdown))
 
 
 if __name__ == "__main__":

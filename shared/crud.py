@@ -2,21 +2,42 @@
 
 import hashlib
 import secrets
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import ColumnElement, CursorResult, Table, and_, bindparam, insert, or_, update
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, utcnow
+from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, RuntimeSetting, utcnow
 from shared.states import DeliveryStatus, JobStatus, sources_of
+from shared.webhooks.batch import ClaimedDelivery, Outcome
 from shared.webhooks.signing import new_secret
 
 Row = TypeVar("Row", Job, Delivery)
 
 KEY_PREFIX = "kiln_"  # every API key starts with it, so scanners recognise leaked keys
 ADMIN_KEY_ID = "admin"  # the key bootstrapped from KILN_ADMIN_API_KEY
+
+# Webhook batches use Core statements on the tables: one round trip for many rows, no ORM.
+_DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
+_ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+_CLAIMED_COLUMNS = [field.name for field in fields(ClaimedDelivery)]
+_OUTCOME_COLUMNS = (
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_status_code",
+    "last_error",
+    "finished_at",
+)
+_SET_OUTCOME = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("outcome_id"))
+    .values({name: bindparam(f"new_{name}") for name in _OUTCOME_COLUMNS})
+)
 
 
 def hash_key(key: str) -> str:
@@ -224,6 +245,12 @@ def queued_jobs_before(*, session: Session, before: datetime, limit: int) -> lis
     return list(session.exec(statement))
 
 
+def queued_jobs_among(*, session: Session, job_ids: list[str]) -> list[Job]:
+    """Those of `job_ids` that are still queued."""
+    statement = select(Job).where(Job.status == JobStatus.queued, col(Job.id).in_(job_ids))
+    return list(session.exec(statement))
+
+
 def jobs_with_expired_lease(*, session: Session, now: datetime, limit: int) -> list[Job]:
     """Running jobs whose worker stopped renewing the lease."""
     statement = (
@@ -234,10 +261,10 @@ def jobs_with_expired_lease(*, session: Session, now: datetime, limit: int) -> l
     return list(session.exec(statement))
 
 
-def signing_secret(*, session: Session, owner_id: str) -> str | None:
-    """The webhook signing secret of an API key."""
-    api_key = session.get(ApiKey, owner_id)
-    return api_key.webhook_secret if api_key is not None else None
+def signing_secrets(*, session: Session, owner_ids: set[str]) -> dict[str, str | None]:
+    """The webhook signing secret of each of these API keys, in one query."""
+    statement = select(ApiKey.id, ApiKey.webhook_secret).where(col(ApiKey.id).in_(owner_ids))
+    return dict(session.exec(statement).all())
 
 
 def set_signing_secret(*, session: Session, api_key: ApiKey, secret: str) -> str:
@@ -306,28 +333,100 @@ def _update_delivery(
     return result.rowcount == 1
 
 
-def claim_delivery(*, session: Session, delivery_id: str, until: datetime) -> Delivery | None:
-    """Take a pending delivery for one attempt; None if another worker has it or it is done."""
-    claimed = _update_delivery(
-        session, delivery_id, [DeliveryStatus.pending], status=DeliveryStatus.delivering,
-        locked_until=until,
-    )  # fmt: skip
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Pending and due: a new (or redelivered) one at once, a retry at its scheduled time."""
+    return and_(
+        _DELIVERIES.c.status == DeliveryStatus.pending,
+        or_(_DELIVERIES.c.attempts == 0, _DELIVERIES.c.next_attempt_at <= now),
+    )
+
+
+def claim_due_deliveries(
+    *, session: Session, now: datetime, until: datetime, limit: int
+) -> list[ClaimedDelivery]:
+    """Take up to `limit` due deliveries for one batch in one statement, oldest first.
+
+    `until` is the claim's lease and its fencing token: two claims never return the same row
+    (PostgreSQL skips rows another claim has locked; SQLite runs one writer at a time), and only
+    the holder of `until` can record the outcome.
+    """
+    chosen = (
+        core_select(_DELIVERIES.c.id)
+        .where(_due(now))
+        .order_by(_DELIVERIES.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    statement = (
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.id.in_(chosen.scalar_subquery()), _due(now))
+        .values(status=DeliveryStatus.delivering, locked_until=until)
+        .returning(*(_DELIVERIES.c[name] for name in _CLAIMED_COLUMNS))
+    )
+    claimed = [ClaimedDelivery(**row._mapping) for row in session.execute(statement)]
     session.commit()
-    return get_delivery(session=session, delivery_id=delivery_id) if claimed else None
+    return sorted(claimed, key=lambda delivery: delivery.id)
 
 
-def record_attempt(
-    *, session: Session, delivery: Delivery, attempt: DeliveryAttempt, **values: Any
+def first_due_delivery(*, session: Session, now: datetime) -> str | None:
+    """The id of some due delivery, or None when none is."""
+    return session.execute(core_select(_DELIVERIES.c.id).where(_due(now)).limit(1)).scalar()
+
+
+def extend_claims(
+    *, session: Session, delivery_ids: list[str], token: datetime, until: datetime
 ) -> None:
-    """Store an attempt and the delivery's new state, if the delivery is still this worker's."""
-    if _update_delivery(
-        session, delivery.id, [DeliveryStatus.delivering], locked_until=None, **values
-    ):
-        session.add(attempt)
+    """Move a batch's lease (and fencing token) to `until`, for the rows it still holds."""
+    session.execute(
+        update(_DELIVERIES).where(_held(delivery_ids, token)).values(locked_until=until)
+    )
     session.commit()
 
 
-def stop_deliveries_to(*, session: Session, job_id: str, url: str, reason: str) -> None:
+def _held(delivery_ids: list[str], token: datetime) -> ColumnElement[bool]:
+    return and_(
+        _DELIVERIES.c.id.in_(delivery_ids),
+        _DELIVERIES.c.status == DeliveryStatus.delivering,
+        _DELIVERIES.c.locked_until == token,
+    )
+
+
+def record_outcomes(
+    *, session: Session, token: datetime, outcomes: list[Outcome], gone_reason: str
+) -> list[Outcome]:
+    """Store a batch's attempts and its deliveries' new states in one transaction, for the rows
+    the batch still holds; a 410 also stops its job's URL. Returns the outcomes stored."""
+    if not outcomes:
+        return []
+    released = session.execute(
+        update(_DELIVERIES)
+        .where(_held([outcome.delivery.id for outcome in outcomes], token))
+        .values(locked_until=None)
+        .returning(_DELIVERIES.c.id)
+    )
+    held = set(released.scalars())
+    stored = [outcome for outcome in outcomes if outcome.delivery.id in held]
+    if stored:
+        session.execute(_SET_OUTCOME, [_outcome_values(outcome) for outcome in stored])
+    attempts = [
+        {"delivery_id": outcome.delivery.id, **asdict(outcome.attempt)}
+        for outcome in stored
+        if outcome.attempt is not None
+    ]
+    if attempts:
+        session.execute(insert(_ATTEMPTS), attempts)
+    for job_id, url in {(o.delivery.job_id, o.delivery.url) for o in stored if o.gone}:
+        _stop_deliveries_to(session, job_id, url, gone_reason)
+    session.commit()
+    return stored
+
+
+def _outcome_values(outcome: Outcome) -> dict[str, Any]:
+    values = {name: getattr(outcome, name) for name in _OUTCOME_COLUMNS}
+    return {"outcome_id": outcome.delivery.id, **{f"new_{k}": v for k, v in values.items()}}
+
+
+def _stop_deliveries_to(session: Session, job_id: str, url: str, reason: str) -> None:
     """The receiver said 410: mark the job's URL gone and fail its pending deliveries."""
     session.execute(update(Job).where(col(Job.id) == job_id).values(webhook_gone_at=utcnow()))
     session.execute(
@@ -339,7 +438,6 @@ def stop_deliveries_to(*, session: Session, job_id: str, url: str, reason: str) 
         )
         .values(status=DeliveryStatus.failed, last_error=reason, finished_at=utcnow())
     )
-    session.commit()
 
 
 def redeliver(*, session: Session, delivery_id: str, republish_at: datetime) -> bool:
@@ -355,35 +453,6 @@ def redeliver(*, session: Session, delivery_id: str, republish_at: datetime) -> 
     )
     session.commit()
     return restarted
-
-
-def due_deliveries(*, session: Session, now: datetime, limit: int) -> list[Delivery]:
-    """Pending deliveries whose next attempt is due (or whose message may be lost)."""
-    statement = (
-        select(Delivery)
-        .where(Delivery.status == DeliveryStatus.pending, col(Delivery.next_attempt_at) <= now)
-        .order_by(col(Delivery.next_attempt_at))
-        .limit(limit)
-    )
-    return list(session.exec(statement))
-
-
-def postpone_delivery(
-    *, session: Session, delivery_id: str, now: datetime, until: datetime
-) -> bool:
-    """Push a due delivery's republish time forward; True for the one caller that did."""
-    statement = (
-        update(Delivery)
-        .where(
-            col(Delivery.id) == delivery_id,
-            col(Delivery.status) == DeliveryStatus.pending,
-            col(Delivery.next_attempt_at) <= now,
-        )
-        .values(next_attempt_at=until)
-    )
-    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
-    session.commit()
-    return result.rowcount == 1
 
 
 def release_stalled_deliveries(*, session: Session, now: datetime) -> int:
@@ -408,3 +477,38 @@ def unfinished_rounds_before(*, session: Session, task: str, job_id: str) -> lis
         col(Job.id) < job_id,
     )
     return list(session.exec(statement))
+
+
+def get_runtime_setting(*, session: Session, name: str) -> str | None:
+    """The value an admin set for `name` at run time, or None if none was set."""
+    setting = session.get(RuntimeSetting, name, populate_existing=True)
+    return setting.value if setting is not None else None
+
+
+def set_runtime_setting(*, session: Session, name: str, value: str) -> None:
+    """Store `value` for `name`; of two admins setting it at once, the later write wins."""
+    for _ in range(2):
+        setting = session.get(RuntimeSetting, name, populate_existing=True)
+        if setting is None:
+            setting = RuntimeSetting(name=name, value=value)
+        setting.value, setting.updated_at = value, utcnow()
+        session.add(setting)
+        try:
+            session.commit()
+            return
+        except IntegrityError:
+            session.rollback()  # the other insert won the race; update its row instead
+    raise RuntimeError(f"could not store the runtime setting {name!r}")
+
+
+def delivery_statuses_of(
+    *, session: Session, job_ids: list[str]
+) -> dict[str, list[DeliveryStatus]]:
+    """The status of every delivery of each job (the jobs page's webhook column)."""
+    found: dict[str, list[DeliveryStatus]] = {job_id: [] for job_id in job_ids}
+    if not job_ids:
+        return found
+    statement = select(Delivery.job_id, Delivery.status).where(col(Delivery.job_id).in_(job_ids))
+    for job_id, status in session.exec(statement):
+        found[job_id].append(DeliveryStatus(status))
+    return found

@@ -1,4 +1,4 @@
-"""Publishing messages: a job's to its queue (task id = job id), a delivery's to `callbacks`.
+"""Publishing messages: a job's to its queue (task id = job id), webhooks' wake-up to `callbacks`.
 
 A message that could not be published loses nothing: the job or delivery stays pending in the
 database, and the reconciler publishes it once Redis answers again.
@@ -17,6 +17,7 @@ from shared.broker import get_redis
 from shared.models import Job
 from shared.queues import QUEUE_FOR_TASK, TASK_DELIVER, TASK_FOR_KIND
 from shared.task_messages import TaskMessages
+from shared.webhooks import wakeup
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,18 @@ def enqueue(job: Job, *, announce: bool = False) -> bool:
 
 
 def dispatch_delivery(delivery_id: str) -> bool:
-    """Publish a webhook delivery's message."""
-    return _publish(TASK_DELIVER, [delivery_id], f"delivery {delivery_id}")
+    """Wake the callbacks workers for a due delivery, unless a wake-up is already on its way:
+    each one sends a batch of whatever is due (`delivery_id` only names who asked)."""
+    try:
+        if not wakeup.take():
+            return True
+    except (RedisError, OSError) as exc:
+        log.warning("could not wake the callbacks workers; the reconciler will: %s", exc)
+        return False
+    if _publish(TASK_DELIVER, [delivery_id], f"a wake-up for delivery {delivery_id}"):
+        return True
+    wakeup.clear()  # so that the reconciler's next wake-up is not held back
+    return False
 
 
 def dispatch_step(task: str, job_id: str, attempt: int) -> bool:

@@ -13,6 +13,7 @@ KilnError                   code, message, status_code, details
     ├── LLMUnavailable      llm_unavailable (transient: the backend could not be reached)
     ├── ModelNotFound       model_not_found
     ├── LLMFailed           llm_error (the backend reported a failure)
+    ├── InvalidOutput       invalid_output (the reply broke the requested format, twice)
     └── LeaseExpired        lease_expired (the job's worker died too often)
 JobCanceled                 not an error: the job was canceled while it ran
 """
@@ -93,6 +94,13 @@ class ModelNotFound(JobError):
 class LLMFailed(JobError):
     code = "llm_error"
     status_code = 502
+
+
+class InvalidOutput(JobError):
+    """The LLM's reply did not match the requested format, even after one corrected retry."""
+
+    code = "invalid_output"
+    status_code = 422
 
 
 class LeaseExpired(JobError):

@@ -7,7 +7,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from sqlmodel import Session
 
-from shared import crud, events
+from shared import crud, events, metrics, usage
 from shared.broker import get_redis
 from shared.config import get_settings
 from shared.dispatch import dispatch_delivery
@@ -49,7 +49,10 @@ def change_status(
     deliveries = [d for d in (delivery, also_deliver) if d is not None]
     session.add_all(deliveries)
     session.commit()
+    if to == JobStatus.succeeded:
+        _record_usage(job)
     _announce(job, deliveries)
+    _count(job, to)
     return job
 
 
@@ -71,6 +74,22 @@ def record_progress(*, session: Session, job: Job, progress: dict[str, Any]) -> 
         log.warning("could not record a progress event of job %s", job.id)
     if delivery is not None:
         dispatch_delivery(delivery.id)
+
+
+def _count(job: Job, to: JobStatus) -> None:
+    try:
+        metrics.observe_status_change(job, to)
+    except Exception:
+        log.warning("could not count the %s change of job %s", to, job.id, exc_info=True)
+
+
+def _record_usage(job: Job) -> None:
+    """Count the job's tokens against its key before anyone hears it finished, so a caller's
+    next request sees them; a Redis failure loses the count, never the job."""
+    try:
+        usage.record_job(get_redis(), job)
+    except RedisError:
+        log.warning("could not count the usage of job %s", job.id)
 
 
 def _announce(job: Job, deliveries: list[Delivery]) -> None:

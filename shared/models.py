@@ -172,3 +172,14 @@ class DeliveryAttempt(SQLModel, table=True):
     response_excerpt: str | None = Field(default=None, sa_column=Column(Text))  # first 1 KiB
     error: str | None = Field(default=None, max_length=1024)
     outcome: str = Field(max_length=16)  # succeeded | retry | failed | gone
+
+
+class RuntimeSetting(SQLModel, table=True):
+    """A setting an admin changes while Kiln runs (the active default model), kept across
+    restarts; a name with no row falls back to its `KILN_*` setting."""
+
+    __tablename__ = "runtime_settings"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=1024)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

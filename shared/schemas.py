@@ -1,13 +1,32 @@
 """Request and response bodies of the public API, and the input of each job kind."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
+from shared.llm.structured import check_schema
 from shared.models import Delivery, DeliveryAttempt, Job
 from shared.states import DeliveryStatus, JobStatus
 from shared.webhooks.ssrf import redact_url
+
+
+def _valid_format(value: dict[str, Any] | str | None) -> dict[str, Any] | str | None:
+    if isinstance(value, dict):
+        check_schema(value)  # a bad schema is the client's error, not the worker's
+    return value
+
+
+OutputFormat = Annotated[dict[str, Any] | Literal["json"] | None, AfterValidator(_valid_format)]
+"""A JSON schema the output must satisfy, or `json` for any JSON; checked at submit."""
 
 
 class GenerateInput(BaseModel):
@@ -19,9 +38,10 @@ class GenerateInput(BaseModel):
     system: str | None = None
     model: str | None = Field(None, description="Defaults to KILN_DEFAULT_MODEL.")
     options: dict[str, Any] = Field(default_factory=dict, description="Backend options.")
-    format: dict[str, Any] | Literal["json"] | None = Field(
-        None, description="A JSON schema, or `json`, to constrain the output."
+    format: OutputFormat = Field(
+        None, description="A JSON schema, or `json`, to constrain and validate the output."
     )
+    cache: bool = Field(True, description="Use the result cache (temperature 0 or a seed).")
 
 
 class ChatMessageIn(BaseModel):
@@ -41,18 +61,77 @@ class ChatInput(BaseModel):
     messages: list[ChatMessageIn] = Field(min_length=1)
     model: str | None = Field(None, description="Defaults to KILN_DEFAULT_MODEL.")
     options: dict[str, Any] = Field(default_factory=dict, description="Backend options.")
-    format: dict[str, Any] | Literal["json"] | None = Field(
-        None, description="A JSON schema, or `json`, to constrain the output."
+    format: OutputFormat = Field(
+        None, description="A JSON schema, or `json`, to constrain and validate the output."
     )
+    cache: bool = Field(True, description="Use the result cache (temperature 0 or a seed).")
 
 
-KIND_INPUTS: dict[str, type[BaseModel]] = {"generate": GenerateInput, "chat": ChatInput}
-"""The input model of each job kind the API accepts."""
+ServiceName = Annotated[
+    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-zA-Z0-9._-]+$")
+]
+"""A service's name as the Compose Specification allows it as a key."""
 
-JobKind = Literal["generate", "chat"]
-"""The kinds `POST /v1/jobs` creates; app builds come in as briefs (`/api-endpoint`)."""
 
-AnyJobKind = Literal["generate", "chat", "app"]
+class ComposeService(BaseModel):
+    """One service a `compose` job must write, with whatever the caller already fixed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ServiceName
+    image: str | None = Field(None, max_length=255)
+    ports: list[str | int] = Field(default_factory=list, max_length=50)
+    environment: dict[str, str | int | float | bool | None] | list[str] | None = None
+    depends_on: list[str] = Field(default_factory=list, max_length=50)
+
+
+class ComposeInput(BaseModel):
+    """Input of a `compose` job: the services a docker compose file must define."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    services: list[ServiceName | ComposeService] = Field(min_length=1, max_length=50)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Wishes for the file (networks, volumes, …), free-form."
+    )
+    model: str | None = Field(None, description="Defaults to the active model.")
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> "ComposeInput":
+        names = [service.name for service in self.requested()]
+        if len(set(names)) != len(names):
+            raise ValueError("each service may be listed only once")
+        return self
+
+    def requested(self) -> list[ComposeService]:
+        """Every service in its long form."""
+        return [
+            s if isinstance(s, ComposeService) else ComposeService(name=s) for s in self.services
+        ]
+
+
+class ModelInput(BaseModel):
+    """Input of a `model_pull` or `model_delete` job: the model, as the backend names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=255)
+
+
+KIND_INPUTS: dict[str, type[BaseModel]] = {
+    "generate": GenerateInput,
+    "chat": ChatInput,
+    "compose": ComposeInput,
+    "model_pull": ModelInput,
+    "model_delete": ModelInput,
+}
+"""The input model of each job kind."""
+
+JobKind = Literal["generate", "chat", "compose"]
+"""The kinds `POST /v1/jobs` creates; app builds come in as briefs (`/api-endpoint`), model
+pulls and deletes through the admin's `/v1/models` routes."""
+
+AnyJobKind = Literal["generate", "chat", "compose", "app", "model_pull", "model_delete"]
 
 WebhookEvent = Literal["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]
 

@@ -9,15 +9,15 @@ from celery import signals
 
 from shared.broker import reset_redis
 from shared.celery_app import celery_app
-from shared.config import get_settings
+from shared.config import LLMProviderName, Settings, get_settings
 from shared.db import dispose_engine
 from shared.llm import get_provider
 from shared.logs import configure_logging
-from shared.queues import QUEUE_GPU
-from shared.registry import WorkerHeartbeat, WorkerInfo
+from shared.queues import QUEUE_FOR_TASK, QUEUE_GPU
+from shared.registry import WorkerHeartbeat, WorkerInfo, mark_busy, mark_idle
 from workers.flows.deliver import get_sender
 from workers.tasks import app as app_tasks  # noqa: F401  (importing registers the tasks)
-from workers.tasks import chat, deliver, generate  # noqa: F401
+from workers.tasks import chat, compose, deliver, generate, models  # noqa: F401
 
 app = celery_app
 _heartbeats: list[WorkerHeartbeat] = []  # this worker's, once it is ready
@@ -42,11 +42,39 @@ def _announce(sender: Any, **_: Any) -> None:
     info = WorkerInfo(hostname=sender.hostname, queues=queues)
     list_models = None
     if QUEUE_GPU in queues:
+        settings = get_settings()
         info.provider = get_provider().name
+        info.gpu_index = settings.gpu_index
+        info.backend_url = _backend_url(settings)
         list_models = _model_names
     heartbeat = WorkerHeartbeat(info, list_models)
     heartbeat.start()
     _heartbeats.append(heartbeat)
+
+
+def _backend_url(settings: Settings) -> str | None:
+    urls = {
+        LLMProviderName.ollama: settings.ollama_url,
+        LLMProviderName.openai: settings.openai_base_url,
+    }
+    return urls.get(settings.llm_provider)
+
+
+def _runs_on_gpu(task: Any) -> bool:
+    return QUEUE_FOR_TASK.get(task.name) == QUEUE_GPU
+
+
+@signals.task_prerun.connect
+def _busy(task_id: str, task: Any, **_: Any) -> None:
+    # A gpu task's id is its job's id; its worker runs one at a time.
+    if _runs_on_gpu(task):
+        mark_busy(task.request.hostname, task_id)
+
+
+@signals.task_postrun.connect
+def _idle(task: Any, **_: Any) -> None:
+    if _runs_on_gpu(task):
+        mark_idle(task.request.hostname)
 
 
 def _model_names() -> list[str]:

@@ -5,12 +5,16 @@ a `Handoff`, and the next step's task continues the same attempt of the job.
 """
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import crud, keys, lifecycle
 from shared.broker import get_redis
@@ -68,12 +72,16 @@ Flow = Callable[[JobContext], dict[str, Any] | Handoff | Completion]
 """The body of a job kind (or of one step): the job's result, a `Handoff`, or a JobError."""
 
 HANDOFF_LEASE_S = 600  # time for the next step's message to be picked up from its queue
+REQUEUE_PAUSE_S = 1.0  # before giving a message back while the database is unreachable
+UNREACHABLE = (OperationalError, InterfaceError, RedisError)
+"""Errors of a database or Redis that is down or restarting: the message is given back."""
 
 
 def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
     """Execute a job's flow if this message wins the claim; a duplicate message does nothing."""
     settings = get_settings()
-    job = _claim(job_id, worker=worker, lease_seconds=settings.lease_seconds)
+    with _requeued_if_unreachable(job_id):
+        job = _claim(job_id, worker=worker, lease_seconds=settings.lease_seconds)
     if job is None:
         log.info("job %s is not queued (duplicate or stale message); skipping", job_id)
         return
@@ -82,12 +90,24 @@ def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
 
 def continue_job(job_id: str, attempt: int, flow: Flow) -> None:
     """Execute a later step of a job, if the job is still running that attempt."""
-    with open_session() as session:
+    with _requeued_if_unreachable(job_id), open_session() as session:
         job = crud.get_job(session=session, job_id=job_id)
     if job is None or job.status != JobStatus.running or job.attempt != attempt:
         log.info("job %s moved on; skipping its step for attempt %d", job_id, attempt)
         return
     _run(job, flow)
+
+
+@contextmanager
+def _requeued_if_unreachable(job_id: str) -> Iterator[None]:
+    """Give the message back to its queue when the database or Redis cannot be reached before
+    the job starts: acknowledged, it would leave a queued job that nothing publishes again."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        log.warning("job %s: %s unreachable; its message goes back", job_id, type(exc).__name__)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(f"unreachable: {type(exc).__name__}", requeue=True) from exc
 
 
 def _run(job: Job, flow: Flow) -> None:

@@ -5,19 +5,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api import calls
 from api.deps import BaseURLDep, KeyDep, SettingsDep
-from api.errors import error_response
 from shared.models import ApiKey
 from shared.schemas import ChatCall, ErrorResponse, GenerateCall, JobPublic
-from shared.states import JobStatus
 
 router = APIRouter(prefix="/v1", tags=["generation"])
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {}},
+        "description": "The finished job, or with `stream`: its tokens as Server-Sent Events",
+    },
     202: {"model": JobPublic, "description": "Still running: follow the job's URLs"},
     **{code: {"model": ErrorResponse} for code in (401, 404, 409, 422, 502, 503)},
 }
@@ -58,16 +59,7 @@ async def _call(
     job = await calls.submit(kind=kind, job_input=job_input, settings=settings, api_key=api_key)
     if stream:
         return EventSourceResponse(_events(job.id, api_key), ping=15)
-    done = await calls.finished(job, settings.sync_timeout_s)
-    public = JobPublic.from_job(done or job, base_url)
-    if done is None:
-        headers = {"Location": public.urls.get}
-        return JSONResponse(public.model_dump(mode="json"), status_code=202, headers=headers)
-    if done.status == JobStatus.succeeded:
-        return public
-    status, error = calls.error_status(done)
-    details = {"job": public.model_dump(mode="json")}
-    return error_response(status, error["code"], error["message"], details)
+    return await calls.answer_when_done(job, settings.sync_timeout_s, base_url)
 
 
 async def _events(job_id: str, api_key: ApiKey) -> AsyncIterator[ServerSentEvent]:
@@ -75,6 +67,6 @@ async def _events(job_id: str, api_key: ApiKey) -> AsyncIterator[ServerSentEvent
     async for kind, data in calls.tokens(job_id, api_key):
         sent = data
         if kind == "done":
-            fields = {k: data.get(k) for k in ("model", "provider", "response")}
+            fields = {k: data.get(k) for k in ("model", "provider", "response", "cached")}
             sent = {"job_id": job_id, **fields, "usage": calls.usage(data)}
         yield ServerSentEvent(data=calls.dumps(sent), event=kind)

@@ -1,11 +1,17 @@
 """The job lifecycle through the real API, Redis and workers."""
 
 import json
+import os
+import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from shared.cli.stack import KILN
+from shared.embedded_redis import free_port
 from tests.fakes.ollama import FakeOllama
 from tests.harness import Kiln
 
@@ -168,3 +174,63 @@ def test_the_request_id_follows_the_job_into_every_log(kiln: Kiln) -> None:
     worker = [line for line in lines("worker-gpu") if line.get("job_id") == job_id]
     assert [line["message"] for line in worker] == ["job started", "job succeeded"]
     assert {line["request_id"] for line in worker} == {"trace-abc-123"}
+
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _metrics(kiln: Kiln) -> Series:
+    return _scrape(f"{kiln.url}/metrics")
+
+
+def _scrape(url: str) -> Series:
+    response = httpx.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_jobs_queue_depth_and_tokens_across_processes(kiln: Kiln) -> None:
+    key = kiln.new_key()
+    before = _metrics(kiln)
+    with kiln.held("worker-gpu"):
+        job = kiln.submit(key, "count these four")
+        waiting = _metrics(kiln)
+    kiln.wait_for(key, job["id"])
+    after = _metrics(kiln)
+
+    def delta(name: str, **labels: str) -> float:
+        series = (name, tuple(sorted(labels.items())))
+        return after.get(series, 0.0) - before.get(series, 0.0)
+
+    assert waiting[("kiln_queue_depth", (("queue", "gpu"),))] >= 1
+    assert after[("kiln_queue_depth", (("queue", "gpu"),))] == 0
+    assert delta("kiln_jobs_submitted_total", kind="generate") == 1  # counted by the API
+    assert delta("kiln_jobs_finished_total", kind="generate", status="succeeded") == 1  # worker
+    assert delta("kiln_job_queue_wait_seconds_count", kind="generate") == 1
+    assert delta("kiln_job_run_seconds_count", kind="generate", status="succeeded") == 1
+    assert delta("kiln_tokens_generated_total", kind="generate") == 4
+
+
+def test_a_worker_on_its_own_serves_its_metrics_on_kiln_metrics_port(kiln: Kiln) -> None:
+    port = free_port()
+    env = {**os.environ, **kiln.stack.env, "KILN_METRICS_PORT": str(port)}
+    del env["PROMETHEUS_MULTIPROC_DIR"]  # as in a container: nothing shared with the API
+    argv = [*KILN, "worker", "--queues", "gpu", "--name", "standalone@%h"]
+    key = kiln.new_key()
+    with kiln.held("worker-gpu"):
+        worker = subprocess.Popen(argv, env=env, start_new_session=True)
+        try:
+            job = kiln.submit(key, "counted elsewhere")
+            kiln.wait_for(key, job["id"], timeout=120)
+            series = _scrape(f"http://127.0.0.1:{port}/metrics")
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+
+    finished = ("kiln_jobs_finished_total", (("kind", "generate"), ("status", "succeeded")))
+    assert series[finished] == 1  # recorded in a prefork child, served by the main process

@@ -31,6 +31,8 @@ PROMPT_EVAL_NS_PER_TOKEN = 1_000_000
 EVAL_NS_PER_TOKEN = 10_000_000
 
 _START_TIMEOUT = 10.0
+PULL_BYTES = 1_321_098_329  # the size /api/tags reports
+PULL_STEPS = 4  # progress lines of a pull's download
 
 
 class _Disconnect(Exception):
@@ -69,6 +71,8 @@ class FakeOllama(LoopbackServer):
                 Route("/api/tags", self._tags),
                 Route("/api/generate", self._generate, methods=["POST"]),
                 Route("/api/chat", self._chat, methods=["POST"]),
+                Route("/api/pull", self._pull, methods=["POST"]),
+                Route("/api/delete", self._delete, methods=["DELETE"]),
             ]
         )
         super().__init__(app, host=host, port=port)
@@ -83,6 +87,7 @@ class FakeOllama(LoopbackServer):
         self.error_message = DEFAULT_ERROR
         self.requests: list[dict[str, Any]] = []  # bodies of /api/generate, in arrival order
         self.replies: list[str] = []  # scripted completions, used (and removed) one per request
+        self.registry: set[str] | None = None  # what /api/pull finds (tagged); None: any name
 
     async def _root(self, request: Request) -> Response:
         return PlainTextResponse("Ollama is running")
@@ -92,6 +97,47 @@ class FakeOllama(LoopbackServer):
 
     async def _tags(self, request: Request) -> Response:
         return JSONResponse({"models": [_model_entry(name) for name in self.models]})
+
+    async def _pull(self, request: Request) -> Response:
+        """Stream a pull's progress as Ollama does; a name the registry lacks fails mid-stream."""
+        body = await _json_body(request)
+        name = str(body.get("model") or body.get("name") or "")
+        if not name:
+            return _error(400, "model is required")
+        found = self.registry is None or _tagged(name) in self.registry
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        if not found:
+            lines.append({"error": "pull model manifest: file does not exist"})
+        else:
+            digest = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+            lines += [
+                {"status": f"pulling {digest[7:19]}", "digest": digest, "total": PULL_BYTES}
+                | {"completed": PULL_BYTES * step // PULL_STEPS}
+                for step in range(PULL_STEPS + 1)
+            ]
+            lines += [{"status": s} for s in ("verifying sha256 digest", "writing manifest")]
+            lines.append({"status": "success"})
+            if _tagged(name) not in {_tagged(model) for model in self.models}:
+                self.models.append(_tagged(name))
+        if body.get("stream") is False:
+            last = lines[-1]
+            return _error(500, last["error"]) if "error" in last else JSONResponse(last)
+
+        async def stream() -> AsyncIterator[str]:
+            for line in lines:
+                await self._pause(self.token_delay)
+                yield _line(line)
+
+        return StreamingResponse(stream(), media_type=NDJSON)
+
+    async def _delete(self, request: Request) -> Response:
+        body = await _json_body(request)
+        name = _tagged(str(body.get("model") or body.get("name") or ""))
+        kept = [model for model in self.models if _tagged(model) != name]
+        if len(kept) == len(self.models):
+            return _error(404, f"model '{name}' not found")
+        self.models = kept
+        return Response(status_code=200)
 
     async def _generate(self, request: Request) -> Response:
         return await self._complete(request, chat=False)
@@ -174,6 +220,14 @@ class FakeOllama(LoopbackServer):
 
         headers = {"content-length": str(len(body))}
         return StreamingResponse(cut(), headers=headers, media_type="application/json")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _tagged(name: str) -> str:

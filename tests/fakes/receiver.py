@@ -17,6 +17,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.monotonic() on arrival
+    status: int = 200  # what the receiver answered
 
 
 @dataclass
@@ -41,15 +42,16 @@ class Receiver:
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
                 with receiver._lock:
+                    reply = receiver.script.pop(0) if receiver.script else receiver.default
                     receiver.received.append(
                         Received(
                             self.path,
                             {k.lower(): v for k, v in self.headers.items()},
                             body,
                             time.monotonic(),
+                            reply.status,
                         )
                     )
-                    reply = receiver.script.pop(0) if receiver.script else receiver.default
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

@@ -22,7 +22,7 @@ from shared.appbuild.site import (
 )
 from shared.config import LLMProviderName, Settings
 from shared.db import open_session
-from shared.exceptions import JobError
+from shared.exceptions import InvalidOutput, JobError
 from shared.llm import GenerateRequest, get_provider
 from shared.publish import get_publisher
 from shared.publish.github import repo_name
@@ -38,10 +38,6 @@ ROUND_POLL_S = 1.0
 
 class SecretDetected(JobError):
     code = "secret_detected"
-
-
-class InvalidOutput(JobError):
-    code = "invalid_output"
 
 
 def generate(context: JobContext) -> Handoff:
