@@ -23,13 +23,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgresql: needs KILN_TEST_DATABASE_URL")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A module whose code reads and writes the database the same way whatever it is (protocol
+    # adapters, clients, validation) says `ONE_DATABASE = True` and runs on SQLite only.
+    dropped = [item for item in items if _second_database(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
     if os.environ.get(PG_ENV):
         return
     skip = pytest.mark.skip(reason=f"{PG_ENV} is not set")
     for item in items:
         if "postgresql" in item.keywords:
             item.add_marker(skip)
+
+
+def _second_database(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    module = getattr(item, "module", None)
+    return (
+        callspec is not None
+        and callspec.params.get("backend") == "postgresql"
+        and getattr(module, "ONE_DATABASE", False)
+    )
 
 
 @contextmanager

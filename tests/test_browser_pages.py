@@ -9,6 +9,8 @@ from playwright.sync_api import Page, expect
 from tests.browser import browser_page, screenshot
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # the browser side; the pages' queries run on both databases in test_pages
+
 LIVE_TIMEOUT_MS = 60_000  # a held worker restarts, then the job runs
 
 

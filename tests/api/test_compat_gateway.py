@@ -9,6 +9,8 @@ import pytest
 from tests.fakes.ollama import FakeOllama
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # an adapter over the native routes; its history lives in Redis
+
 
 @pytest.fixture
 def client(kiln: Kiln, fake_ollama: FakeOllama) -> Iterator[httpx.Client]:

@@ -10,6 +10,8 @@ import pytest
 from tests.fakes.ollama import EVAL_NS_PER_TOKEN, LOAD_NS, PROMPT_EVAL_NS_PER_TOKEN, FakeOllama
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # an adapter over the native routes, which run on both databases
+
 MODEL = "llama3.2:1b"
 
 

@@ -11,6 +11,8 @@ import pytest
 from tests.fakes.ollama import EVAL_NS_PER_TOKEN, LOAD_NS, PROMPT_EVAL_NS_PER_TOKEN, FakeOllama
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # the Ollama adapter only translates; the native routes run on both databases
+
 MODEL = "llama3.2:1b"
 LATEST = "tinyllama:latest"  # Ollama's clients may name it `tinyllama`
 NOT_FOUND = 'model "no-such-model" not found, try pulling it first'

@@ -8,6 +8,8 @@ import pytest
 from tests.fakes.ollama import FakeOllama
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # an adapter over the native routes, which run on both databases
+
 
 @pytest.fixture
 def client(kiln: Kiln, fake_ollama: FakeOllama) -> Iterator[httpx.Client]:

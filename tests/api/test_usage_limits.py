@@ -10,6 +10,8 @@ import pytest
 from tests.fakes.ollama import FakeOllama
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # usage and limits live in Redis
+
 MODEL = "llama3.2:1b"
 MAX_PROMPT_CHARS = 200
 RPM = 3

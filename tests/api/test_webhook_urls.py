@@ -4,6 +4,8 @@ import pytest
 
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # URL checks at submit, before any database write
+
 
 @pytest.mark.parametrize(
     "url",

@@ -20,6 +20,8 @@ from shared.embedded_redis import free_port
 from tests.fakes.ollama import FakeOllama
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # a client of the API, whose routes run on both databases
+
 SECRET = "cli-brief-secret-0123456789"
 SITE = {"files": [{"path": "index.html", "content": "<h1>Hello from the CLI</h1>"}]}
 
