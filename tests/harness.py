@@ -4,11 +4,11 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import redis
@@ -19,6 +19,7 @@ from shared.cli.stack import Stack
 from shared.embedded_redis import free_port
 
 READY_TIMEOUT_S = 60.0
+T = TypeVar("T")
 TERMINAL = ("succeeded", "failed", "canceled")
 
 FAST_RECOVERY = {
@@ -115,6 +116,16 @@ class Kiln:
     def close(self) -> None:
         for client in self.clients:
             client.close()
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = 30) -> T:
+    """The first truthy value `check` returns, polled until `timeout` runs out."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened within {timeout} s: {what} (last: {value!r})")
+        time.sleep(0.05)
+    return value
 
 
 def wait_ready(url: str, timeout: float = READY_TIMEOUT_S) -> None:

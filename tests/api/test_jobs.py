@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.cli.stack import KILN
 from shared.embedded_redis import free_port
 from tests.fakes.ollama import FakeOllama
-from tests.harness import Kiln
+from tests.harness import Kiln, eventually
 
 
 def test_generate_job_succeeds_and_streams_tokens_in_order(
@@ -171,7 +171,13 @@ def test_the_request_id_follows_the_job_into_every_log(kiln: Kiln) -> None:
 
     api = [line for line in lines("api") if line.get("request_id") == "trace-abc-123"]
     assert any(job_id in line["message"] for line in api)
-    worker = [line for line in lines("worker-gpu") if line.get("job_id") == job_id]
+
+    def worker_lines() -> list[dict[str, Any]] | None:
+        found = [line for line in lines("worker-gpu") if line.get("job_id") == job_id]
+        return found if len(found) >= 2 else None
+
+    # The worker logs the end just after it records it; wait_for can see the record first.
+    worker = eventually(worker_lines, "the worker logs the job's end")
     assert [line["message"] for line in worker] == ["job started", "job succeeded"]
     assert {line["request_id"] for line in worker} == {"trace-abc-123"}
 

@@ -7,7 +7,7 @@ import time
 
 from tests.conftest import KilnFactory
 from tests.fakes.ollama import FakeOllama
-from tests.harness import Kiln
+from tests.harness import Kiln, eventually
 
 
 def _statuses(kiln: Kiln, key: str, job_id: str) -> list[str]:
@@ -22,6 +22,7 @@ def test_a_job_survives_its_worker_being_killed(
         key = kiln.new_key()
         job = kiln.submit(key, " ".join(f"w{n}" for n in range(30)))
         kiln.wait_for(key, job["id"], ("running",))
+        eventually(lambda: fake_ollama.requests, "the first attempt reaches Ollama")
         time.sleep(0.5)  # a few tokens in
         worker_pid = kiln.stack.services["worker-gpu"].pid
         assert worker_pid is not None
@@ -41,7 +42,8 @@ def test_a_job_survives_its_worker_being_killed(
 def test_queued_jobs_survive_a_flushed_redis(make_kiln: KilnFactory) -> None:
     with make_kiln() as kiln:
         key = kiln.new_key()
-        with kiln.held("worker-gpu"):
+        # The reconciler is held too: it would start refilling the queue right after the flush.
+        with kiln.held("worker-gpu"), kiln.held("reconciler"):
             ids = [kiln.submit(key, f"job {n}")["id"] for n in range(5)]
             assert kiln.redis.llen("gpu") == 5
             kiln.redis.flushall()
