@@ -2,7 +2,7 @@
 compatibility APIs (OpenAI, Ollama, …), each of which only reshapes what goes in and out."""
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -57,19 +57,35 @@ async def finished(job: Job, timeout_s: float) -> Job | None:
     return await run_in_threadpool(_load, job.id)
 
 
-async def answer_when_done(job: Job, timeout_s: float, base_url: str) -> JobPublic | JSONResponse:
-    """The finished job; its error in the one shape (the job in `details`) if it failed; or
-    `202` with the job and a `Location` if it still runs after `timeout_s`."""
+def accepted(public: JobPublic) -> JSONResponse:
+    """`202` with the job and its URL as `Location`: a job taken on that goes on by itself."""
+    headers = {"Location": public.urls.get}
+    return JSONResponse(public.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+def _whole_job(public: JobPublic) -> dict[str, Any]:
+    """The `details` of a failed call in Kiln's own API: the whole job."""
+    return {"job": public.model_dump(mode="json")}
+
+
+async def answer_when_done(
+    job: Job,
+    timeout_s: float,
+    base_url: str,
+    *,
+    on_timeout: Callable[[JobPublic], JSONResponse] = accepted,
+    details: Callable[[JobPublic], dict[str, Any]] = _whole_job,
+) -> JobPublic | JSONResponse:
+    """The finished job; its error in the one shape, with `details(job)`, if it failed; or
+    `on_timeout(job)` (by default `202` with a `Location`) if it still runs after `timeout_s`."""
     done = await finished(job, timeout_s)
     public = JobPublic.from_job(done or job, base_url)
     if done is None:
-        headers = {"Location": public.urls.get}
-        return JSONResponse(public.model_dump(mode="json"), status_code=202, headers=headers)
+        return on_timeout(public)
     if done.status == JobStatus.succeeded:
         return public
     status, error = error_status(done)
-    details = {"job": public.model_dump(mode="json")}
-    return error_response(status, error["code"], error["message"], details)
+    return error_response(status, error["code"], error["message"], details(public))
 
 
 def error_status(job: Job) -> tuple[int, dict[str, str]]:

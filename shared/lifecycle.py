@@ -2,6 +2,7 @@
 transaction), the status event on the job's stream, and the delivery's message."""
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -68,35 +69,56 @@ def record_progress(*, session: Session, job: Job, progress: dict[str, Any]) -> 
     if delivery is not None:
         session.add(delivery)
     session.commit()
-    try:
-        events.append(get_redis(), job.id, events.EVENT_PROGRESS, progress, refresh=False)
-    except RedisError:
-        log.warning("could not record a progress event of job %s", job.id)
+    _side_step(
+        lambda: events.append(get_redis(), job.id, events.EVENT_PROGRESS, progress, refresh=False),
+        "could not record a progress event of job %s",
+        job.id,
+    )
     if delivery is not None:
         dispatch_delivery(delivery.id)
 
 
 def _count(job: Job, to: JobStatus) -> None:
-    try:
-        metrics.observe_status_change(job, to)
-    except Exception:
-        log.warning("could not count the %s change of job %s", to, job.id, exc_info=True)
+    _side_step(
+        lambda: metrics.observe_status_change(job, to),
+        "could not count the %s change of job %s",
+        to,
+        job.id,
+        catch=Exception,
+        exc_info=True,
+    )
 
 
 def _record_usage(job: Job) -> None:
     """Count the job's tokens against its key before anyone hears it finished, so a caller's
     next request sees them; a Redis failure loses the count, never the job."""
-    try:
-        usage.record_job(get_redis(), job)
-    except RedisError:
-        log.warning("could not count the usage of job %s", job.id)
+    _side_step(
+        lambda: usage.record_job(get_redis(), job), "could not count the usage of job %s", job.id
+    )
 
 
 def _announce(job: Job, deliveries: list[Delivery]) -> None:
-    try:
-        events.append_status(get_redis(), job)
-    except RedisError:
-        # The row holds the status; the SSE endpoint rebuilds a missing final event from it.
-        log.warning("could not record the %s event of job %s", job.status, job.id)
+    # The row holds the status; the SSE endpoint rebuilds a missing final event from it.
+    _side_step(
+        lambda: events.append_status(get_redis(), job),
+        "could not record the %s event of job %s",
+        job.status,
+        job.id,
+    )
     for delivery in deliveries:
         dispatch_delivery(delivery.id)
+
+
+def _side_step(
+    step: Callable[[], object],
+    failed: str,
+    *args: object,
+    catch: type[Exception] = RedisError,
+    exc_info: bool = False,
+) -> None:
+    """Run a step that follows a committed change; if it raises `catch`, log `failed % args` as
+    a warning instead, so that a side step never fails the change."""
+    try:
+        step()
+    except catch:
+        log.warning(failed, *args, exc_info=exc_info)

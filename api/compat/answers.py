@@ -3,6 +3,7 @@ generation's waited-on result or its error in Kiln's shape, and its tokens as `d
 
 import json
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -12,7 +13,7 @@ from api import calls
 from api.errors import error_response
 from shared.config import Settings
 from shared.models import ApiKey, Job
-from shared.states import JobStatus
+from shared.schemas import JobPublic
 
 Piece = Callable[[str], dict[str, Any]]
 """Wraps a token the way a format's events carry it: `{"response": ...}`, `{"text": ...}`."""
@@ -21,15 +22,22 @@ Piece = Callable[[str], dict[str, Any]]
 async def waited(job: Job, settings: Settings, base_url: str) -> dict[str, Any] | JSONResponse:
     """The job's result once it succeeded; else the answer instead: `504` with the job's URL
     if it still runs after KILN_SYNC_TIMEOUT_S (it goes on), or the job's error status."""
-    done = await calls.finished(job, settings.sync_timeout_s)
-    if done is None:
-        url = f"{base_url.rstrip('/')}/v1/jobs/{job.id}"
-        message = f"still running after {settings.sync_timeout_s:g}s: follow {url}"
-        return error_response(504, "timeout", message, {"job_id": job.id}, {"Location": url})
-    if done.status != JobStatus.succeeded:
-        status, error = calls.error_status(done)
-        return error_response(status, error["code"], error["message"], {"job_id": done.id})
-    return done.result or {}
+    timeout_s = settings.sync_timeout_s
+    answer = await calls.answer_when_done(
+        job, timeout_s, base_url, on_timeout=partial(_timed_out, timeout_s), details=_job_id
+    )
+    return answer if isinstance(answer, JSONResponse) else answer.result or {}
+
+
+def _timed_out(timeout_s: float, public: JobPublic) -> JSONResponse:
+    url = public.urls.get
+    message = f"still running after {timeout_s:g}s: follow {url}"
+    return error_response(504, "timeout", message, _job_id(public), {"Location": url})
+
+
+def _job_id(public: JobPublic) -> dict[str, Any]:
+    """The `details` of a compatibility API's error: the job's id, not the whole job."""
+    return {"job_id": public.id}
 
 
 def streamed(

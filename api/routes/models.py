@@ -12,7 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api import calls, service
 from api.deps import AdminDep, BaseURLDep, KeyDep, SessionDep, SettingsDep
+from shared.config import Settings
 from shared.logs import request_id_var
+from shared.models import ApiKey, Job
 from shared.registry import WorkerInfo, live_workers, servable_models
 from shared.schemas import ErrorResponse, JobPublic, ModelInput
 
@@ -89,18 +91,8 @@ async def pull_model(
 ) -> JSONResponse:
     """Pull a model into the GPU workers' backends: a `model_pull` job, whose progress events
     follow the download (admin only)."""
-    job = await run_in_threadpool(
-        service.in_session,
-        service.submit_model_job,
-        settings=settings,
-        api_key=api_key,
-        kind="model_pull",
-        model=body.model,
-        request_id=request_id_var.get(),
-    )
-    public = JobPublic.from_job(job, base_url)
-    headers = {"Location": public.urls.get}
-    return JSONResponse(public.model_dump(mode="json"), status_code=202, headers=headers)
+    job = await _submit(settings, api_key, "model_pull", body.model)
+    return calls.accepted(JobPublic.from_job(job, base_url))
 
 
 @router.get("/models/active", response_model=ActiveModel, responses=ERRORS)
@@ -125,13 +117,20 @@ async def delete_model(
 ) -> Any:
     """Delete a model from the GPU workers' backends: the finished `model_delete` job; `409` for
     the built-in or the active model (admin only)."""
-    job = await run_in_threadpool(
+    job = await _submit(settings, api_key, "model_delete", name)
+    return await calls.answer_when_done(job, settings.sync_timeout_s, base_url)
+
+
+async def _submit(
+    settings: Settings, api_key: ApiKey, kind: Literal["model_pull", "model_delete"], model: str
+) -> Job:
+    """Queue a pull or delete of `model` from a thread, as the database session blocks."""
+    return await run_in_threadpool(
         service.in_session,
         service.submit_model_job,
         settings=settings,
         api_key=api_key,
-        kind="model_delete",
-        model=name,
+        kind=kind,
+        model=model,
         request_id=request_id_var.get(),
     )
-    return await calls.answer_when_done(job, settings.sync_timeout_s, base_url)

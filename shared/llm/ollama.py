@@ -4,6 +4,7 @@ onto Kiln's errors."""
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -65,12 +66,7 @@ class OllamaProvider:
         deltas: list[str] = []
         with self._errors_mapped(), self._client.stream("POST", url, json=body) as response:
             _raise_for_status(response)
-            for line in response.iter_lines():
-                if not line.strip():
-                    continue
-                chunk = _parse_line(line)
-                if "error" in chunk:
-                    raise LLMFailed(str(chunk["error"]))
+            for chunk in _ndjson(response, LLMFailed):
                 if delta := delta_of(chunk):
                     deltas.append(delta)
                     on_token(delta)
@@ -97,12 +93,7 @@ class OllamaProvider:
         body = {"model": model, "stream": True}
         with self._errors_mapped(), self._client.stream("POST", url, json=body) as response:
             _raise_for_status(response)
-            for line in response.iter_lines():
-                if not line.strip():
-                    continue
-                chunk = _parse_line(line)
-                if "error" in chunk:
-                    raise _pull_error(model, str(chunk["error"]))
+            for chunk in _ndjson(response, partial(_pull_error, model)):
                 on_progress(chunk)
                 if chunk.get("status") == "success":
                     return
@@ -169,6 +160,20 @@ def _generate_delta(chunk: dict[str, Any]) -> str:
 def _chat_delta(chunk: dict[str, Any]) -> str:
     message = chunk.get("message")
     return str(message.get("content") or "") if isinstance(message, dict) else ""
+
+
+def _ndjson(
+    response: httpx.Response, failure: Callable[[str], Exception]
+) -> Iterator[dict[str, Any]]:
+    """The objects of a streamed answer, one a line; a line carrying `error` (Ollama's way to
+    fail after `200 OK`) is raised as `failure(error)`, a line that is no object as `LLMFailed`."""
+    for line in response.iter_lines():
+        if not line.strip():
+            continue
+        chunk = _parse_line(line)
+        if "error" in chunk:
+            raise failure(str(chunk["error"]))
+        yield chunk
 
 
 def _parse_line(line: str) -> dict[str, Any]:
