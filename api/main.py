@@ -1,11 +1,12 @@
 """The FastAPI application: wiring only."""
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
-from api import limits
+from api import limits, local_cache
 from api.compat import gateway, mlops, private_llm, private_llm_models
 from api.compat import ollama as ollama_compat
 from api.compat import openai as openai_compat
@@ -44,7 +45,11 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     if settings.admin_api_key is not None:
         with open_session() as session:
             crud.ensure_admin_key(session=session, key=settings.admin_api_key.get_secret_value())
+    listener = asyncio.create_task(local_cache.follow_changes())
     yield
+    listener.cancel()
+    with suppress(asyncio.CancelledError):
+        await listener
 
 
 def create_app() -> FastAPI:

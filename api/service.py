@@ -13,11 +13,13 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from api import limits
+from api import limits, local_cache
 from api.errors import field_name
+from api.local_cache import LocalCache
 from shared import crud, keys, lifecycle, metrics
 from shared.attachments import decode_all
 from shared.broker import get_redis
+from shared.changes import Cached
 from shared.config import Settings
 from shared.crud import ADMIN_KEY_ID
 from shared.db import open_session
@@ -39,6 +41,9 @@ from shared.webhooks.signing import new_secret
 from shared.webhooks.ssrf import BlockedDestination, vet_url
 
 log = logging.getLogger(__name__)
+
+RUNTIME_SETTINGS = LocalCache[str](Cached.runtime_settings)
+"""What admins set at run time (`crud.get_runtime_setting`), by name."""
 
 CANCEL_FLAG_TTL_S = 3600  # longer than any job keeps running after it was canceled
 
@@ -271,6 +276,7 @@ def revoke_key(*, session: Session, key_id: str) -> ApiKey:
     api_key = crud.revoke_api_key(session=session, key_id=key_id)
     if api_key is None:
         raise NotFound(f"no API key with id {key_id!r}")
+    local_cache.changed(Cached.api_keys)
     return api_key
 
 
@@ -322,7 +328,9 @@ def redeliver(
 def webhook_secret(*, session: Session, api_key: ApiKey, rotate: bool) -> str:
     """The key's webhook signing secret; `rotate` replaces it (a key without one gets one)."""
     if rotate or api_key.webhook_secret is None:
-        return crud.set_signing_secret(session=session, api_key=api_key, secret=new_secret())
+        secret = crud.set_signing_secret(session=session, key_id=api_key.id, secret=new_secret())
+        local_cache.changed(Cached.api_keys)
+        return secret
     return api_key.webhook_secret
 
 
@@ -376,7 +384,12 @@ def same_model(a: str, b: str) -> bool:
 
 def active_model(*, session: Session, settings: Settings) -> str:
     """The model a job that names none runs: the admin's switch, else KILN_DEFAULT_MODEL."""
-    return crud.get_runtime_setting(session=session, name=ACTIVE_MODEL) or settings.default_model
+
+    def read() -> str:
+        switched = crud.get_runtime_setting(session=session, name=ACTIVE_MODEL)
+        return switched or settings.default_model
+
+    return RUNTIME_SETTINGS.load(ACTIVE_MODEL, read) or settings.default_model
 
 
 def switch_model(*, session: Session, model: str) -> str:
@@ -385,6 +398,7 @@ def switch_model(*, session: Session, model: str) -> str:
     if served is None:
         raise ModelNotFound(f"no live worker serves the model {model!r}; pull it first")
     crud.set_runtime_setting(session=session, name=ACTIVE_MODEL, value=served)
+    local_cache.changed(Cached.runtime_settings)
     return served
 
 

@@ -22,7 +22,8 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -257,10 +258,18 @@ async def _concurrently(post: Callable[[], Awaitable[int]], total: int) -> None:
     await asyncio.gather(*(loop() for _ in range(CONCURRENCY)))
 
 
-def _kiln_post() -> Callable[[], Awaitable[int]]:
+@asynccontextmanager
+async def _kiln_post() -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Kiln's submit with the app's lifespan running, as under a server (so the process's
+    caches listen for changes and are trusted)."""
+    from api.deps import API_KEYS
     from api.main import create_app
 
-    return asgi_post(create_app(), "/v1/jobs", BODY, os.environ["KILN_ADMIN_API_KEY"])
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        while not API_KEYS.trusted:
+            await asyncio.sleep(0.01)
+        yield asgi_post(app, "/v1/jobs", BODY, os.environ["KILN_ADMIN_API_KEY"])
 
 
 async def asgi_parts(count: int) -> tuple[list[Step], int]:
@@ -270,41 +279,41 @@ async def asgi_parts(count: int) -> tuple[list[Step], int]:
 
     from bench import anchors
 
-    kiln = _kiln_post()
     key = os.environ["KILN_ADMIN_API_KEY"]
     anchor = asgi_post(anchors.create_app(), "/v1/jobs", BODY, key)
-    parts: list[Step] = [
-        ("AnyIO thread hop (run_sync of a no-op)",
-         await async_per_call(lambda: anyio.to_thread.run_sync(lambda: None), count)),
-        ("Kiln POST /v1/jobs through its ASGI app", await async_per_call(kiln, count)),
-        ("anchor POST /v1/jobs through its ASGI app", await async_per_call(anchor, count)),
-    ]  # fmt: skip
+    async with _kiln_post() as kiln:
+        parts: list[Step] = [
+            ("AnyIO thread hop (run_sync of a no-op)",
+             await async_per_call(lambda: anyio.to_thread.run_sync(lambda: None), count)),
+            ("Kiln POST /v1/jobs through its ASGI app", await async_per_call(kiln, count)),
+            ("anchor POST /v1/jobs through its ASGI app", await async_per_call(anchor, count)),
+        ]  # fmt: skip
 
-    real_run_sync, hops = anyio.to_thread.run_sync, 0
+        real_run_sync, hops = anyio.to_thread.run_sync, 0
 
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal hops
-        hops += 1
-        return await real_run_sync(*args, **kwargs)
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal hops
+            hops += 1
+            return await real_run_sync(*args, **kwargs)
 
-    anyio.to_thread.run_sync = counting  # type: ignore[assignment]
-    try:
-        await kiln()
-    finally:
-        anyio.to_thread.run_sync = real_run_sync
+        anyio.to_thread.run_sync = counting  # type: ignore[assignment]
+        try:
+            await kiln()
+        finally:
+            anyio.to_thread.run_sync = real_run_sync
     return parts, hops
 
 
 async def profile_submits(requests: int) -> tuple[pstats.Stats, pstats.Stats]:
     """cProfile of `requests` Kiln submits. Run it on a new event loop: AnyIO keeps a thread
     pool per loop, and only threads started after `install` are profiled."""
-    kiln = _kiln_post()
-    profiler = AllThreads()
-    profiler.install()
-    await _concurrently(kiln, 100)
-    profiler.clear()
-    await _concurrently(kiln, requests)
-    return profiler.stop()
+    async with _kiln_post() as kiln:
+        profiler = AllThreads()
+        profiler.install()
+        await _concurrently(kiln, 100)
+        profiler.clear()
+        await _concurrently(kiln, requests)
+        return profiler.stop()
 
 
 # --- the worker path ---------------------------------------------------------------------------

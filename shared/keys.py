@@ -59,3 +59,7 @@ CELERY_UNACKED_INDEX = "unacked_index"
 def job_rescued(job_id: str) -> str:
     """Set when the reconciler republished a queued job whose reserved message went stale."""
     return f"kiln:rescued:{job_id}"
+
+
+CHANGES_CHANNEL = "kiln:changes"
+"""Pub/sub: the name of what changed (`shared.changes`), so API processes drop cached copies."""

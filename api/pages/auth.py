@@ -10,20 +10,13 @@ from urllib.parse import urlsplit
 from fastapi import Cookie, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from shared import crud
+from api.deps import active_key
 from shared.config import Settings
-from shared.db import open_session
 from shared.exceptions import Forbidden
 from shared.models import ApiKey
 
 COOKIE = "kiln_key"
 COOKIE_MAX_AGE_S = 8 * 3600  # a working day; then the key is asked for again
-
-
-def active_key(key: str) -> ApiKey | None:
-    """The API key, if it exists and is not revoked."""
-    with open_session() as session:
-        return crud.get_active_key(session=session, key=key)
 
 
 async def cookie_key(kiln_key: Annotated[str | None, Cookie()] = None) -> ApiKey | None:

@@ -16,9 +16,9 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import service
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, active_key
 from api.event_stream import job_events
-from api.pages.auth import PageKeyDep, active_key, require_same_origin, sign_in, sign_out
+from api.pages.auth import PageKeyDep, require_same_origin, sign_in, sign_out
 from shared.exceptions import Unauthorized
 from shared.models import Job
 from shared.schemas import AnyJobKind

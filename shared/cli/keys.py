@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from shared import crud
+from shared.changes import Cached, announce
 from shared.db import open_session
 from shared.models import ApiKey
 from shared.webhooks.signing import new_secret
@@ -46,6 +47,7 @@ def revoke(key_id: str) -> None:
     if api_key is None:
         typer.echo(f"no key with id {key_id}", err=True)
         raise typer.Exit(1)
+    announce(Cached.api_keys)
     typer.echo(f"revoked {key_id}")
 
 
@@ -62,5 +64,6 @@ def secret(
             raise typer.Exit(1)
         current = api_key.webhook_secret
         if rotate or current is None:
-            current = crud.set_signing_secret(session=session, api_key=api_key, secret=new_secret())
+            current = crud.set_signing_secret(session=session, key_id=key_id, secret=new_secret())
+            announce(Cached.api_keys)
     typer.echo(current)

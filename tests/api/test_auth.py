@@ -1,8 +1,14 @@
 """API keys: who may do what."""
 
-import pytest
+import os
+import subprocess
+import sys
 
-from tests.harness import Kiln
+import pytest
+from sqlmodel import Session, create_engine
+
+from shared import crud
+from tests.harness import Kiln, eventually
 
 
 def test_a_request_without_a_key_is_refused(kiln: Kiln) -> None:
@@ -65,6 +71,51 @@ def test_a_revoked_key_stops_working_at_once(kiln: Kiln) -> None:
     listed = {key["id"]: key for key in kiln.admin.get("/v1/keys").json()}
     assert listed[created["id"]]["revoked_at"] is not None
     assert "key" not in listed[created["id"]]
+
+
+def _kiln_command(kiln: Kiln, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A `kiln` command run by an operator beside the stack, on its database and Redis."""
+    env = {**os.environ, **kiln.stack.env}
+    command = [sys.executable, "-m", "shared.cli", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_a_key_revoked_from_the_command_line_stops_working_at_once(kiln: Kiln) -> None:
+    created = kiln.admin.post("/v1/keys", json={"name": "temp"}).json()
+    client = kiln.client(created["key"])
+    assert client.get("/v1/jobs").status_code == 200  # now in the API process's cache
+
+    _kiln_command(kiln, "keys", "revoke", created["id"])
+
+    assert client.get("/v1/jobs").status_code == 401
+
+
+def test_a_rotated_webhook_secret_is_read_back_at_once(kiln: Kiln) -> None:
+    created = kiln.admin.post("/v1/keys", json={"name": "temp"}).json()
+    client = kiln.client(created["key"])
+    before = client.get("/v1/webhook-secret").json()["secret"]
+
+    rotated = _kiln_command(kiln, "keys", "secret", created["id"], "--rotate").stdout.strip()
+
+    assert rotated.startswith("whsec_")
+    assert rotated != before
+    assert client.get("/v1/webhook-secret").json()["secret"] == rotated
+
+
+def test_keys_are_read_again_after_the_changes_channel_drops(kiln: Kiln) -> None:
+    created = kiln.admin.post("/v1/keys", json={"name": "temp"}).json()
+    client = kiln.client(created["key"])
+    assert client.get("/v1/jobs").status_code == 200
+    # Revoked behind Kiln's back: no change is announced, so the cached key still works ...
+    with Session(create_engine(kiln.stack.env["KILN_DATABASE_URL"])) as session:
+        assert crud.revoke_api_key(session=session, key_id=created["id"]) is not None
+    assert client.get("/v1/jobs").status_code == 200
+
+    # ... until the API loses its subscription: what it missed meanwhile is unknown, so the
+    # cache starts empty again.
+    assert kiln.redis.client_kill_filter(_type="pubsub") >= 1
+
+    eventually(lambda: client.get("/v1/jobs").status_code == 401, "the key is refused")
 
 
 def test_only_the_admin_manages_keys(kiln: Kiln) -> None:
