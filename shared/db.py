@@ -1,5 +1,9 @@
 """The database engine (one per process) and sessions."""
 
+import fcntl
+import os
+import re
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +27,60 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class WriterLock:
+    """Serialises SQLite writers, across processes too, with a lock on a file beside the database.
+
+    SQLite lets one writer in at a time and makes the others poll, sleeping up to 100 ms between
+    tries, so under load some writes wait far longer than the lock is ever held. A writer here
+    takes the file lock before its first write and gives it back when its transaction ends: the
+    kernel queues the waiters and wakes the next at once. Reads never take it (WAL). A thread
+    that already holds it (a second session opened inside a first) writes without it, under
+    SQLite's own lock and time-out, so it can never wait for itself.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._holders: set[int] = set()  # threads holding it now
+
+    def install(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", self._before_execute)
+        event.listen(engine, "commit", self._end)
+        event.listen(engine, "rollback", self._end)
+        event.listen(engine, "reset", self._reset)
+        event.listen(engine, "close", self._close)
+
+    def _before_execute(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        info = conn.connection.info  # the pooled DB-API connection's own dict
+        thread = threading.get_ident()
+        if _HOLDS in info or thread in self._holders or not _WRITES.match(statement):
+            return
+        if (fd := info.get(_FD)) is None:
+            fd = info[_FD] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info[_HOLDS] = thread
+        self._holders.add(thread)
+
+    def _end(self, conn: Any) -> None:
+        self._unlock(conn.connection.info)
+
+    def _reset(self, _dbapi_connection: Any, record: Any, _reset_state: Any) -> None:
+        self._unlock(record.info)
+
+    def _close(self, _dbapi_connection: Any, record: Any) -> None:
+        self._unlock(record.info)
+        if (fd := record.info.pop(_FD, None)) is not None:
+            os.close(fd)
+
+    def _unlock(self, info: dict[str, Any]) -> None:
+        if (thread := info.pop(_HOLDS, None)) is not None:
+            fcntl.flock(info[_FD], fcntl.LOCK_UN)
+            self._holders.discard(thread)
+
+
+_WRITES = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+_FD, _HOLDS = "kiln_writer_lock_fd", "kiln_writer_lock_thread"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for a SQLAlchemy URL, tuned for SQLite or PostgreSQL."""
     url = driver_url(url)
@@ -37,6 +95,8 @@ def make_engine(url: str) -> Engine:
             max_overflow=POOL_OVERFLOW,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if database and database != ":memory:":
+            WriterLock(Path(database + ".writer-lock")).install(engine)
         return engine
     return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
 
