@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from api import limits, local_cache
 from api.errors import field_name
+from api.job_writer import JOBS
 from api.local_cache import LocalCache
 from shared import crud, keys, lifecycle, metrics
 from shared.attachments import decode_all
@@ -151,9 +152,8 @@ def _insert_once(session: Session, job: Job) -> tuple[Job, bool]:
     """Insert and publish the job; if a concurrent request with the same idempotency key won
     the insert, return that request's job instead (and False)."""
     try:
-        crud.insert_job(session=session, job=job)
+        JOBS.insert(job)
     except IntegrityError:
-        session.rollback()
         existing = crud.get_job_by_idempotency_key(
             session=session, owner_id=job.owner_id, key=job.idempotency_key or ""
         )

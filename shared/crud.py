@@ -121,14 +121,20 @@ def revoke_api_key(*, session: Session, key_id: str) -> ApiKey | None:
 
 
 def insert_job(*, session: Session, job: Job) -> Job:
-    """Write a new job row; raises IntegrityError when its idempotency key is taken.
-
-    One Core INSERT, with no unit of work: the submit path's write costs about a third less.
-    """
-    row = {column: getattr(job, attribute) for attribute, column in _JOB_COLUMNS}
-    session.connection().execute(_INSERT_JOB, row)
-    session.commit()
+    """Write a new job row; raises IntegrityError when its idempotency key is taken."""
+    insert_jobs(session=session, jobs=[job])
     return job
+
+
+def insert_jobs(*, session: Session, jobs: list[Job]) -> None:
+    """Write new job rows in one transaction; raises IntegrityError (and writes none) when an
+    idempotency key is taken.
+
+    Core INSERTs, with no unit of work: the submit path's write costs about a third less.
+    """
+    rows = [{column: getattr(job, field) for field, column in _JOB_COLUMNS} for job in jobs]
+    session.connection().execute(_INSERT_JOB, rows)
+    session.commit()
 
 
 def get_job(*, session: Session, job_id: str, owner_id: str | None = None) -> Job | None:
