@@ -34,10 +34,10 @@ ADMIN_KEY_ID = "admin"  # the key bootstrapped from KILN_ADMIN_API_KEY
 # Hot writes use Core statements on the tables (webhook batches: one round trip for many rows).
 _DELIVERIES: Table = Delivery.__table__  # type: ignore[attr-defined]
 _ATTEMPTS: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
-_INSERT_JOB = insert(Job.__table__)  # type: ignore[attr-defined]
-_JOB_COLUMNS = [
-    (attribute.key, attribute.columns[0].key) for attribute in inspect(Job).column_attrs
-]
+_JOBS: Table = Job.__table__  # type: ignore[attr-defined]
+_INSERT_JOB = insert(_JOBS)
+_JOB_COLUMNS = [(field.key, field.columns[0].key) for field in inspect(Job).column_attrs]
+_JOB_COLUMN = dict(_JOB_COLUMNS)  # a field's column
 _CLAIMED_COLUMNS = [field.name for field in fields(ClaimedDelivery)]
 _OUTCOME_COLUMNS = (
     "status",
@@ -195,17 +195,36 @@ def transition_job(
     The update is conditional, so of two racing writers exactly one wins; the loser gets False.
     With `commit=False` the caller adds to the same transaction and commits it.
     """
-    statement = (
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status).in_(sources_of(to)))
-        .values(status=to, **values)
+    moved = move_job(
+        session=session, job_id=job_id, to=to, expected_attempt=expected_attempt, **values
     )
-    if expected_attempt is not None:
-        statement = statement.where(col(Job.attempt) == expected_attempt)
-    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
     if commit:
         session.commit()
-    return result.rowcount == 1
+    return moved is not None
+
+
+def move_job(
+    *,
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    expected_attempt: int | None = None,
+    **values: Any,
+) -> Job | None:
+    """`transition_job` without the commit, returning the job as the update left it (one
+    `UPDATE … RETURNING` in Core, no ORM read), or None if it lost."""
+    statement = (
+        update(_JOBS)
+        .where(_JOBS.c.id == job_id, _JOBS.c.status.in_(sources_of(to)))
+        .values(status=to, **{_JOB_COLUMN[field]: value for field, value in values.items()})
+        .returning(*_JOBS.c)
+    )
+    if expected_attempt is not None:
+        statement = statement.where(_JOBS.c.attempt == expected_attempt)
+    row = session.connection().execute(statement).mappings().one_or_none()
+    if row is None:
+        return None
+    return Job.model_validate({field: row[column] for field, column in _JOB_COLUMNS})
 
 
 def renew_lease(*, session: Session, job_id: str, attempt: int, until: datetime) -> bool:

@@ -32,19 +32,12 @@ def change_status(
 
     `also_deliver` is one more delivery (an evaluation callback) written with the change.
     """
-    moved = crud.transition_job(
-        session=session,
-        job_id=job_id,
-        to=to,
-        expected_attempt=expected_attempt,
-        commit=False,
-        **values,
+    job = crud.move_job(
+        session=session, job_id=job_id, to=to, expected_attempt=expected_attempt, **values
     )
-    if not moved:
+    if job is None:
         session.rollback()
         return None
-    job = crud.get_job(session=session, job_id=job_id)
-    assert job is not None
     event_type = outbox.EVENT_FOR_STATUS.get(to)
     delivery = outbox.delivery_for(job, event_type, get_settings()) if event_type else None
     deliveries = [d for d in (delivery, also_deliver) if d is not None]
