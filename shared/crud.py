@@ -181,28 +181,6 @@ def _newest_first(
     return list(session.exec(statement))
 
 
-def transition_job(
-    *,
-    session: Session,
-    job_id: str,
-    to: JobStatus,
-    expected_attempt: int | None = None,
-    commit: bool = True,
-    **values: Any,
-) -> bool:
-    """Move a job to `to` if its status allows it (and it is on `expected_attempt`, if given).
-
-    The update is conditional, so of two racing writers exactly one wins; the loser gets False.
-    With `commit=False` the caller adds to the same transaction and commits it.
-    """
-    moved = move_job(
-        session=session, job_id=job_id, to=to, expected_attempt=expected_attempt, **values
-    )
-    if commit:
-        session.commit()
-    return moved is not None
-
-
 def move_job(
     *,
     session: Session,
@@ -211,8 +189,12 @@ def move_job(
     expected_attempt: int | None = None,
     **values: Any,
 ) -> Job | None:
-    """`transition_job` without the commit, returning the job as the update left it (one
-    `UPDATE … RETURNING` in Core, no ORM read), or None if it lost."""
+    """Move a job to `to` if its status allows it (and it is on `expected_attempt`, if given);
+    the job as the update left it, or None if it lost.
+
+    The update is conditional, so of two racing writers exactly one wins. One `UPDATE …
+    RETURNING` in Core, with no ORM read; the caller commits (and may add to the transaction).
+    """
     statement = (
         update(_JOBS)
         .where(_JOBS.c.id == job_id, _JOBS.c.status.in_(sources_of(to)))

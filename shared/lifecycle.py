@@ -28,7 +28,7 @@ def change_status(
     also_deliver: Delivery | None = None,
     **values: Any,
 ) -> Job | None:
-    """Move the job to `to` (see `crud.transition_job`); returns the job, or None if it lost.
+    """Move the job to `to` (see `crud.move_job`); returns the job, or None if it lost.
 
     `also_deliver` is one more delivery (an evaluation callback) written with the change.
     """

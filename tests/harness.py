@@ -15,6 +15,7 @@ import redis
 from httpx_sse import connect_sse
 
 from shared import migrate
+from shared.cli.client import Event
 from shared.cli.stack import Stack
 from shared.embedded_redis import free_port
 
@@ -30,13 +31,6 @@ FAST_RECOVERY = {
     "KILN_LLM_RETRIES": "1",
     "KILN_LOG_LEVEL": "INFO",
 }
-
-
-@dataclass(frozen=True)
-class SSEEvent:
-    id: str
-    event: str
-    data: dict[str, Any]
 
 
 @dataclass
@@ -92,7 +86,7 @@ class Kiln:
 
     def events(
         self, key: str, job_id: str, last_event_id: str | None = None, timeout: float = 60
-    ) -> list[SSEEvent]:
+    ) -> list[Event]:
         """Every SSE event of the job until the server closes the stream."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         received = []
@@ -101,7 +95,7 @@ class Kiln:
         ) as source:
             assert source.response.status_code == 200, source.response.read()
             for sse in source.iter_sse():
-                received.append(SSEEvent(sse.id, sse.event, json.loads(sse.data)))
+                received.append(Event(sse.id, sse.event, json.loads(sse.data)))
         return received
 
     @contextmanager

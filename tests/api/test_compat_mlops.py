@@ -2,13 +2,12 @@
 httpx with `X-API-Key`, reading the stream's `data: ` lines."""
 
 import json
-import time
 
 import httpx
 import pytest
 
 from tests.fakes.ollama import EVAL_NS_PER_TOKEN, LOAD_NS, PROMPT_EVAL_NS_PER_TOKEN, FakeOllama
-from tests.harness import Kiln
+from tests.harness import Kiln, eventually
 
 ONE_DATABASE = True  # an adapter over the native routes, which run on both databases
 
@@ -18,10 +17,9 @@ MODEL = "llama3.2:1b"
 @pytest.fixture(scope="module")
 def registered(kiln: Kiln) -> None:
     """Wait until the GPU worker has announced the fake's model."""
-    deadline = time.monotonic() + 20
-    while not kiln.admin.get("/v1/models").json()["data"]:
-        assert time.monotonic() < deadline, "no GPU worker announced a model"
-        time.sleep(0.2)
+    eventually(
+        lambda: kiln.admin.get("/v1/models").json()["data"], "a GPU worker announces a model"
+    )
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The job writer commits concurrent submits in groups: every row lands once, and a taken
 idempotency key fails only its own submit."""
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,17 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from api.job_writer import JobWriter
-from shared import migrate
 from shared.db import make_engine
 from shared.models import Job
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    migrate.upgrade(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def _job(key: str | None = None) -> Job:

@@ -1,15 +1,13 @@
 """Model management on a real stack: pulls and deletes as jobs on the GPU worker against the fake
 Ollama, the built-in model protected, and the active model switched and kept in the database."""
 
-import time
-
 from sqlmodel import Session
 
 from api.service import ACTIVE_MODEL
 from shared import crud
 from shared.db import make_engine
 from tests.fakes.ollama import FakeOllama
-from tests.harness import Kiln
+from tests.harness import Kiln, eventually
 
 BUILTIN = "llama3.2:1b"  # KILN_DEFAULT_MODEL's default, the fake Ollama's only model at start
 SERVED_TIMEOUT_S = 30.0  # the registry learns of a pull or delete on the worker's next beat
@@ -22,10 +20,11 @@ def served_models(kiln: Kiln) -> list[str]:
 
 
 def wait_until_served(kiln: Kiln, model: str, served: bool = True) -> None:
-    deadline = time.monotonic() + SERVED_TIMEOUT_S
-    while (model in served_models(kiln)) != served:
-        assert time.monotonic() < deadline, f"{model} served={not served} still"
-        time.sleep(0.2)
+    eventually(
+        lambda: (model in served_models(kiln)) == served,
+        f"{model} served={served}",
+        timeout=SERVED_TIMEOUT_S,
+    )
 
 
 def stored_active_model(kiln: Kiln) -> str | None:

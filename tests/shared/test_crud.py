@@ -3,6 +3,7 @@ states final."""
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -16,12 +17,9 @@ from shared.states import TERMINAL, TRANSITIONS, JobStatus
 
 
 @pytest.fixture
-def session(database_url: str) -> Iterator[Session]:
-    migrate.upgrade(database_url)
-    engine = make_engine(database_url)
+def session(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as session:
         yield session
-    engine.dispose()
 
 
 def _job(session: Session, owner_id: str = "key_a", idempotency_key: str | None = None) -> Job:
@@ -29,6 +27,13 @@ def _job(session: Session, owner_id: str = "key_a", idempotency_key: str | None 
         kind="generate", input={"prompt": "x"}, owner_id=owner_id, idempotency_key=idempotency_key
     )
     return crud.insert_job(session=session, job=job)
+
+
+def _move(*, session: Session, **change: Any) -> bool:
+    """One committed status change; whether it won."""
+    moved = crud.move_job(session=session, **change)
+    session.commit()
+    return moved is not None
 
 
 def test_terminal_statuses_have_no_way_out() -> None:
@@ -39,8 +44,8 @@ def test_terminal_statuses_have_no_way_out() -> None:
 def test_only_one_claim_wins(session: Session) -> None:
     job = _job(session)
 
-    first = crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
-    second = crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+    first = _move(session=session, job_id=job.id, to=JobStatus.running)
+    second = _move(session=session, job_id=job.id, to=JobStatus.running)
 
     assert (first, second) == (True, False)
 
@@ -48,11 +53,11 @@ def test_only_one_claim_wins(session: Session) -> None:
 @pytest.mark.parametrize("final", sorted(TERMINAL))
 def test_a_terminal_job_never_changes(session: Session, final: JobStatus) -> None:
     job = _job(session)
-    crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
-    assert crud.transition_job(session=session, job_id=job.id, to=final)
+    _move(session=session, job_id=job.id, to=JobStatus.running)
+    assert _move(session=session, job_id=job.id, to=final)
 
     for target in JobStatus:
-        assert not crud.transition_job(session=session, job_id=job.id, to=target)
+        assert not _move(session=session, job_id=job.id, to=target)
     stored = crud.get_job(session=session, job_id=job.id)
     assert stored is not None
     assert stored.status == final
@@ -60,18 +65,12 @@ def test_a_terminal_job_never_changes(session: Session, final: JobStatus) -> Non
 
 def test_a_stale_attempt_cannot_finish_the_job(session: Session) -> None:
     job = _job(session)
-    crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
-    crud.transition_job(
-        session=session, job_id=job.id, to=JobStatus.queued, expected_attempt=1, attempt=2
-    )
-    crud.transition_job(session=session, job_id=job.id, to=JobStatus.running)
+    _move(session=session, job_id=job.id, to=JobStatus.running)
+    _move(session=session, job_id=job.id, to=JobStatus.queued, expected_attempt=1, attempt=2)
+    _move(session=session, job_id=job.id, to=JobStatus.running)
 
-    stale = crud.transition_job(
-        session=session, job_id=job.id, to=JobStatus.succeeded, expected_attempt=1
-    )
-    current = crud.transition_job(
-        session=session, job_id=job.id, to=JobStatus.succeeded, expected_attempt=2
-    )
+    stale = _move(session=session, job_id=job.id, to=JobStatus.succeeded, expected_attempt=1)
+    current = _move(session=session, job_id=job.id, to=JobStatus.succeeded, expected_attempt=2)
 
     assert (stale, current) == (False, True)
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from shared import keys
 from shared.registry import INFO_FIELD
 from tests.fakes.ollama import FakeOllama
-from tests.harness import Kiln
+from tests.harness import Kiln, eventually
 from workers.gpu import GPUSelectionError, discover_gpus, parse_gpus
 
 GPUS = (0, 1)
@@ -74,19 +73,11 @@ def _gpu_workers(kiln: Kiln) -> dict[int, dict[str, Any]]:
     return {w["gpu_index"]: w for w in workers if w["gpu_index"] is not None}
 
 
-def _wait_until(check: Any, what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return found
-
-
 def _both_announced(kiln: Kiln) -> dict[int, dict[str, Any]]:
-    workers: dict[int, dict[str, Any]] = _wait_until(
-        lambda: (found := _gpu_workers(kiln)) and set(found) == set(GPUS) and found,
+    workers: dict[int, dict[str, Any]] = eventually(
+        lambda: found if set(found := _gpu_workers(kiln)) == set(GPUS) else None,
         "both GPU workers",
+        timeout=WAIT_S,
     )
     return workers
 
@@ -119,11 +110,12 @@ def test_each_gpu_gets_a_pinned_worker_with_its_own_ollama(
         environ = _environ(pid)
         assert environ["CUDA_VISIBLE_DEVICES"] == str(gpu)
         assert environ["KILN_OLLAMA_URL"] == fake.url
-    _wait_until(
+    eventually(
         lambda: all(
             f"only-on-gpu{gpu}:latest" in _gpu_workers(kiln)[gpu]["models"] for gpu in GPUS
         ),
         "each GPU worker's own model",
+        timeout=WAIT_S,
     )
     assert "only-on-gpu1:latest" not in _gpu_workers(kiln)[0]["models"]
 
@@ -138,15 +130,18 @@ def test_a_gpu_worker_is_busy_with_its_job_then_idle(
     key = kiln.new_key()
     with kiln.held("worker-gpu"):  # only the pinned workers consume `gpu`
         job = kiln.submit(key, " ".join(f"w{n}" for n in range(30)))
-        busy = _wait_until(
+        busy = eventually(
             lambda: [w for w in _gpu_workers(kiln).values() if w["state"] == "busy"],
             "a busy GPU worker",
+            timeout=WAIT_S,
         )
         assert [w["job_id"] for w in busy] == [job["id"]]
         assert kiln.wait_for(key, job["id"])["status"] == "succeeded"
 
-    _wait_until(
-        lambda: all(w["state"] == "idle" for w in _gpu_workers(kiln).values()), "idle workers"
+    eventually(
+        lambda: all(w["state"] == "idle" for w in _gpu_workers(kiln).values()),
+        "idle workers",
+        timeout=WAIT_S,
     )
     # The job went to the Ollama of the GPU whose worker ran it, and to no other.
     served_by = [gpu for gpu, fake in zip(GPUS, gpu_ollamas, strict=True) if fake.requests]
@@ -160,9 +155,10 @@ def test_a_killed_gpu_worker_is_restarted(kiln: Kiln, launcher: subprocess.Popen
 
     os.killpg(old_pid, signal.SIGKILL)  # the worker and its pool process
 
-    new_pid = _wait_until(
+    new_pid = eventually(
         lambda: (pid := _pid(kiln, hostname)) not in (None, old_pid) and pid,
         "the restarted worker",
+        timeout=WAIT_S,
     )
     assert _environ(new_pid)["CUDA_VISIBLE_DEVICES"] == "1"
     assert launcher.poll() is None

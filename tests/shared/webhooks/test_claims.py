@@ -3,29 +3,18 @@ an abandoned claim taken back once its lease ends, and a stale batch's record re
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from shared import crud, migrate
-from shared.db import make_engine
+from shared import crud
 from shared.models import Delivery, utcnow
 from shared.states import DeliveryStatus
 from shared.webhooks.batch import AttemptRecord, ClaimedDelivery, Outcome
 
 WORKERS = 4
 BATCH = 7  # not a divisor of the backlog, so the last claims come back short
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    migrate.upgrade(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def _pending(session: Session, count: int, attempts: int = 0) -> list[str]:
