@@ -4,12 +4,14 @@ import hashlib
 import secrets
 from dataclasses import asdict, fields
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Table,
+    Update,
     and_,
     bindparam,
     insert,
@@ -195,18 +197,29 @@ def move_job(
     The update is conditional, so of two racing writers exactly one wins. One `UPDATE …
     RETURNING` in Core, with no ORM read; the caller commits (and may add to the transaction).
     """
-    statement = (
-        update(_JOBS)
-        .where(_JOBS.c.id == job_id, _JOBS.c.status.in_(sources_of(to)))
-        .values(status=to, **{_JOB_COLUMN[field]: value for field, value in values.items()})
-        .returning(*_JOBS.c)
-    )
-    if expected_attempt is not None:
-        statement = statement.where(_JOBS.c.attempt == expected_attempt)
-    row = session.connection().execute(statement).mappings().one_or_none()
+    statement = _move_statement(to, tuple(values), expected_attempt is not None)
+    parameters = {f"new_{field}": value for field, value in values.items()}
+    parameters.update(match_id=job_id, match_attempt=expected_attempt)
+    row = session.connection().execute(statement, parameters).mappings().one_or_none()
     if row is None:
         return None
     return Job.model_validate({field: row[column] for field, column in _JOB_COLUMNS})
+
+
+@lru_cache(maxsize=64)
+def _move_statement(to: JobStatus, fields: tuple[str, ...], on_attempt: bool) -> Update:
+    """The statement of a move to `to` that sets `fields`, built once per shape: a statement
+    object used again keeps its SQL and its cache key, which otherwise cost more than SQLite.
+    Parameter names differ from every column's, which in an UPDATE would mean a new value."""
+    statement = (
+        update(_JOBS)
+        .where(_JOBS.c.id == bindparam("match_id"), _JOBS.c.status.in_(sources_of(to)))
+        .values(status=to, **{_JOB_COLUMN[field]: bindparam(f"new_{field}") for field in fields})
+        .returning(*_JOBS.c)
+    )
+    if on_attempt:
+        statement = statement.where(_JOBS.c.attempt == bindparam("match_attempt"))
+    return statement
 
 
 def renew_lease(*, session: Session, job_id: str, attempt: int, until: datetime) -> bool:
