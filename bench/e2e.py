@@ -2,10 +2,13 @@
 provider) against raw Celery no-op tasks (bench/anchors.py), in the same run.
 
     uv run python -m bench.e2e [--reps 3] [--jobs 2000] [--clients 16] [--round-trips 100]
+                               [--task-events]
 
 Both sides use a 2-process prefork worker with Kiln's worker options (late acks, prefetch 1,
-`-O fair`, no mingle or gossip). `kiln worker --queues gpu` forces concurrency 1 (one inference
-per GPU), so Kiln's worker is started here as `celery -A workers.app worker -Q gpu -c 2 ...`.
+`-O fair`, no mingle or gossip). Neither sends task events unless a monitor asks (Celery's
+default and Kiln's); `--task-events` turns them on for both, as while Flower watches.
+`kiln worker --queues gpu` forces concurrency 1 (one inference per GPU), so Kiln's worker is
+started here as `celery -A workers.app worker -Q gpu -c 2 ...`.
 
 For each side, in order:
 - drain: `--jobs` jobs are queued with no worker running, then the worker starts; the rate is
@@ -198,6 +201,8 @@ def trip_segments(db: "KilnDB", trips: list[Trip]) -> list[float]:
 
 def run_kiln(args: argparse.Namespace, server: EmbeddedRedis, data_dir: Path) -> Sample:
     env = kiln_env(data_dir, server.url)
+    if args.task_events:
+        env["KILN_TASK_EVENTS"] = "true"
     prepare_kiln(env)
     db = KilnDB(data_dir / "kiln.db")
     client = redis.Redis.from_url(server.url)
@@ -255,6 +260,8 @@ def run_anchor(args: argparse.Namespace, server: EmbeddedRedis, data_dir: Path) 
     worker_argv = celery_worker_argv(
         "bench.anchors:celery", anchors.QUEUE, WORKER_CONCURRENCY, "anchor@bench"
     )
+    if args.task_events:
+        worker_argv.append("--task-events")
 
     def publish(count: int) -> None:
         for _ in range(count):
@@ -426,6 +433,11 @@ def main() -> None:
         default=20.0,
         help="repeat a measurement (up to twice) when other programs used more CPU than this, "
         "in percent of the machine",
+    )
+    parser.add_argument(
+        "--task-events",
+        action="store_true",
+        help="both workers send task events from the start, as while Flower watches",
     )
     parser.add_argument(
         "--kiln-app", default="api.main:create_app", help="Kiln's app factory (to try a variant)"

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, description="Port Flower listens on.")
     flower_basic_auth: SecretStr | None = Field(None, description="Flower's `user:password`.")
     log_level: str = Field("INFO", description="Log level of every Kiln process.")
+    task_events: bool = Field(
+        False, description="Workers send task events from the start; else once Flower asks."
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Workers and the reconciler serve /metrics here; 0: off."
     )

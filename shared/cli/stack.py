@@ -157,6 +157,8 @@ class Stack(Supervisor):
             self.services[name] = Service(name, [*argv, "--pool", pool, "--name", f"{name}@%h"])
         self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"])
         if self.flower_port is not None:
+            # Flower sees tasks from the start, unless events were turned off on purpose.
+            self.env.setdefault("KILN_TASK_EVENTS", os.environ.get("KILN_TASK_EVENTS", "true"))
             flower = [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
             flower += [f"--port={self.flower_port}", "--address=127.0.0.1"]
             if self.flower_auth:
