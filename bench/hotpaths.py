@@ -330,6 +330,7 @@ def worker_parts(count: int, jobs: int) -> tuple[list[Step], pstats.Stats]:
     from workers.flows import generate
     from workers.lease import LeaseKeeper
     from workers.runner import _claim, _finish, run_job
+    from workers.tokens import TokenSender
 
     def queued(n: int) -> list[str]:
         ids = []
@@ -350,7 +351,8 @@ def worker_parts(count: int, jobs: int) -> tuple[list[Step], pstats.Stats]:
         claimed.append(job)
 
     def finish() -> None:
-        _finish(claimed.pop(), JobStatus.succeeded, result={"response": "ok"})
+        job = claimed.pop()
+        _finish(job, TokenSender(job.id), JobStatus.succeeded, result={"response": "ok"})
 
     def lease() -> None:
         with LeaseKeeper("hotpaths", 1, 30.0):
@@ -363,7 +365,7 @@ def worker_parts(count: int, jobs: int) -> tuple[list[Step], pstats.Stats]:
     steps: list[tuple[str, Callable[[], object]]] = [
         ("runner._claim: the queued → running transition", claim),
         ("runner._finish: the running → succeeded transition", finish),
-        ("LeaseKeeper enter + exit (a thread per job)", lease),
+        ("LeaseKeeper enter + exit (one timer thread per process)", lease),
         ("one token event: XADD", lambda: events.append_tokens(redis, "hotpaths", ["word"])),
         ("template provider.generate, tokens dropped", provider),
         ("run_job, whole (8 tokens)", lambda: run_job(to_run.pop(), generate.run, worker="hot")),

@@ -90,9 +90,14 @@ def queue_status(pipe: "redis.client.Pipeline", job: Job) -> None:
 def append_tokens(client: "redis.Redis", job_id: str, deltas: list[str]) -> None:
     """Append token events, one per delta, in one round trip."""
     pipe = client.pipeline(transaction=False)
+    queue_tokens(pipe, job_id, deltas)
+    pipe.execute()
+
+
+def queue_tokens(pipe: "redis.client.Pipeline", job_id: str, deltas: list[str]) -> None:
+    """Add token events, one per delta, to a pipeline the caller executes."""
     for delta in deltas:
         _add(pipe, job_id, EVENT_TOKEN, {"delta": delta}, refresh=False)
-    pipe.execute()
 
 
 def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:

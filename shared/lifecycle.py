@@ -1,10 +1,12 @@
 """Job status changes with everything that goes with them: the webhook delivery (in the same
-transaction), the status event on the job's stream, and the delivery's message."""
+transaction), then in one Redis round trip the usage, the status event on the job's stream and
+whatever else the caller sends with it, and the delivery's message."""
 
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from redis.exceptions import RedisError
 from sqlmodel import Session
 
@@ -26,11 +28,13 @@ def change_status(
     to: JobStatus,
     expected_attempt: int | None = None,
     also_deliver: Delivery | None = None,
+    also_send: Callable[["redis.client.Pipeline"], object] | None = None,
     **values: Any,
 ) -> Job | None:
     """Move the job to `to` (see `crud.move_job`); returns the job, or None if it lost.
 
-    `also_deliver` is one more delivery (an evaluation callback) written with the change.
+    `also_deliver` is one more delivery (an evaluation callback) written with the change;
+    `also_send` adds the caller's Redis commands to the change's round trip, before the event.
     """
     job = crud.move_job(
         session=session, job_id=job_id, to=to, expected_attempt=expected_attempt, **values
@@ -43,9 +47,7 @@ def change_status(
     deliveries = [d for d in (delivery, also_deliver) if d is not None]
     session.add_all(deliveries)
     session.commit()
-    if to == JobStatus.succeeded:
-        _record_usage(job)
-    _announce(job, deliveries)
+    _announce(job, deliveries, also_send)
     _count(job, to)
     return job
 
@@ -82,22 +84,26 @@ def _count(job: Job, to: JobStatus) -> None:
     )
 
 
-def _record_usage(job: Job) -> None:
-    """Count the job's tokens against its key before anyone hears it finished, so a caller's
-    next request sees them; a Redis failure loses the count, never the job."""
-    _side_step(
-        lambda: usage.record_job(get_redis(), job), "could not count the usage of job %s", job.id
-    )
+def _announce(
+    job: Job,
+    deliveries: list[Delivery],
+    also_send: Callable[["redis.client.Pipeline"], object] | None,
+) -> None:
+    """A succeeded job's tokens count against its key before anyone hears it finished, so a
+    caller's next request sees them; a Redis failure loses the count and the event (the row
+    holds the status, and the SSE endpoint rebuilds a missing final event from it), never the
+    job."""
 
+    def send() -> None:
+        pipe = get_redis().pipeline(transaction=False)
+        if also_send is not None:
+            also_send(pipe)
+        if job.status == JobStatus.succeeded:
+            usage.queue_job(pipe, job)
+        events.queue_status(pipe, job)
+        pipe.execute()
 
-def _announce(job: Job, deliveries: list[Delivery]) -> None:
-    # The row holds the status; the SSE endpoint rebuilds a missing final event from it.
-    _side_step(
-        lambda: events.append_status(get_redis(), job),
-        "could not record the %s event of job %s",
-        job.status,
-        job.id,
-    )
+    _side_step(send, "could not record the %s event of job %s", job.status, job.id)
     for delivery in deliveries:
         dispatch_delivery(delivery.id)
 

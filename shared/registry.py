@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
+
 from shared import keys
 from shared.broker import get_redis
 from shared.queues import QUEUE_GPU
@@ -94,16 +96,12 @@ class WorkerHeartbeat:
                 return
 
 
-def mark_busy(hostname: str, job_id: str) -> None:
-    """Record at once that the worker runs this job (the next beat would come too late)."""
+def queue_busy(pipe: "redis.client.Pipeline", hostname: str, job_id: str) -> None:
+    """Record that the worker runs this job, in a pipeline the caller executes (the next beat
+    would come too late)."""
     key = keys.worker_heartbeat(hostname)
-    try:
-        with get_redis().pipeline() as pipe:
-            pipe.hset(key, JOB_FIELD, job_id)
-            pipe.expire(key, HEARTBEAT_TTL_S)
-            pipe.execute()
-    except Exception:
-        log.warning("could not mark %s busy", hostname, exc_info=True)
+    pipe.hset(key, JOB_FIELD, job_id)
+    pipe.expire(key, HEARTBEAT_TTL_S)
 
 
 def mark_idle(hostname: str) -> None:

@@ -50,32 +50,30 @@ def tokens_of(result: dict[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
-def record_job(client: "redis.Redis", job: Job) -> None:
-    """Count a succeeded job against its key, if its result reports token counts."""
+def queue_job(pipe: "redis.client.Pipeline", job: Job) -> None:
+    """Count a succeeded job against its key, if its result reports token counts (in a
+    pipeline the caller executes)."""
     counts = tokens_of(job.result or {})
     if counts is not None:
-        record(client, job.owner_id, *counts)
+        queue(pipe, job.owner_id, *counts)
 
 
-def record(
-    client: "redis.Redis",
+def queue(
+    pipe: "redis.client.Pipeline",
     key_id: str,
     prompt_tokens: int,
     completion_tokens: int,
-    at: float | None = None,
 ) -> None:
     """Add one request and its tokens to the key's day, and its tokens to the key's minute."""
-    at = time.time() if at is None else at
+    at = time.time()
     day = keys.usage_day(key_id, datetime.fromtimestamp(at, UTC).date().isoformat())
     window = keys.rate_window(key_id, "tokens", minute(at))
-    with client.pipeline() as pipe:
-        pipe.hincrby(day, REQUESTS, 1)
-        pipe.hincrby(day, PROMPT_TOKENS, prompt_tokens)
-        pipe.hincrby(day, COMPLETION_TOKENS, completion_tokens)
-        pipe.expire(day, DAYS_KEPT * 86_400)
-        pipe.incrby(window, prompt_tokens + completion_tokens)
-        pipe.expire(window, WINDOW_TTL_S)
-        pipe.execute()
+    pipe.hincrby(day, REQUESTS, 1)
+    pipe.hincrby(day, PROMPT_TOKENS, prompt_tokens)
+    pipe.hincrby(day, COMPLETION_TOKENS, completion_tokens)
+    pipe.expire(day, DAYS_KEPT * 86_400)
+    pipe.incrby(window, prompt_tokens + completion_tokens)
+    pipe.expire(window, WINDOW_TTL_S)
 
 
 def read_days(client: "redis.Redis", key_id: str, days: int, today: date) -> list[DayUsage]:

@@ -13,8 +13,8 @@ from shared.config import LLMProviderName, Settings, get_settings
 from shared.db import dispose_engine
 from shared.llm import get_provider
 from shared.logs import configure_logging
-from shared.queues import QUEUE_FOR_TASK, QUEUE_GPU
-from shared.registry import WorkerHeartbeat, WorkerInfo, mark_busy, mark_idle
+from shared.queues import QUEUE_GPU
+from shared.registry import WorkerHeartbeat, WorkerInfo
 from workers.flows.deliver import get_sender
 from workers.tasks import app as app_tasks  # noqa: F401  (importing registers the tasks)
 from workers.tasks import chat, compose, deliver, generate, models  # noqa: F401
@@ -58,23 +58,6 @@ def _backend_url(settings: Settings) -> str | None:
         LLMProviderName.openai: settings.openai_base_url,
     }
     return urls.get(settings.llm_provider)
-
-
-def _runs_on_gpu(task: Any) -> bool:
-    return QUEUE_FOR_TASK.get(task.name) == QUEUE_GPU
-
-
-@signals.task_prerun.connect
-def _busy(task_id: str, task: Any, **_: Any) -> None:
-    # A gpu task's id is its job's id; its worker runs one at a time.
-    if _runs_on_gpu(task):
-        mark_busy(task.request.hostname, task_id)
-
-
-@signals.task_postrun.connect
-def _idle(task: Any, **_: Any) -> None:
-    if _runs_on_gpu(task):
-        mark_idle(task.request.hostname)
 
 
 def _model_names() -> list[str]:

@@ -9,26 +9,31 @@ from shared import crud, keys
 from shared.broker import get_redis
 from shared.db import open_session
 from shared.models import utcnow
+from workers.timers import Timer
 
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.25  # how soon a running job notices it was canceled
+CHECKS = Timer("kiln-leases")  # every lease of the process is checked on this one thread
 
 
 class LeaseKeeper:
-    """A background thread that renews the lease every third of its length and watches for
-    cancellation; `lost` is set once the job must stop (canceled, or retried elsewhere)."""
+    """Checks, every CANCEL_POLL_S while the job runs, whether it was canceled, and renews the
+    lease every third of its length; `lost` is set once the job must stop (canceled, or
+    retried elsewhere). No check runs after the keeper exits."""
 
     def __init__(self, job_id: str, attempt: int, lease_seconds: float) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.lease_seconds = lease_seconds
         self.lost = threading.Event()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+        self._polls_per_renewal = max(1, int(lease_seconds / 3 / CANCEL_POLL_S))
+        self._polls = 0
+        self._checking = threading.Lock()  # held by a check; exit waits for it
+        self._done = False
 
     def __enter__(self) -> "LeaseKeeper":
-        self._thread.start()
+        CHECKS.call_later(CANCEL_POLL_S, self._check)
         return self
 
     def __exit__(
@@ -37,23 +42,24 @@ class LeaseKeeper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._done.set()
-        self._thread.join()
+        with self._checking:
+            self._done = True
 
-    def _run(self) -> None:
-        polls_per_renewal = max(1, int(self.lease_seconds / 3 / CANCEL_POLL_S))
-        polls = 0
-        while not self._done.wait(CANCEL_POLL_S):
-            polls += 1
+    def _check(self) -> None:
+        with self._checking:
+            if self._done:
+                return
+            self._polls += 1
             try:
                 if get_redis().exists(keys.job_cancel(self.job_id)):
                     self.lost.set()
-                if polls % polls_per_renewal == 0 and not self._renew():
+                if self._polls % self._polls_per_renewal == 0 and not self._renew():
                     self.lost.set()
             except Exception:
                 # Renewal keeps trying; if it never succeeds the lease runs out and the
                 # reconciler retries the job, which is the right outcome for a cut-off worker.
                 log.warning("lease renewal failed for job %s", self.job_id, exc_info=True)
+        CHECKS.call_later(CANCEL_POLL_S, self._check)
 
     def _renew(self) -> bool:
         until = utcnow() + timedelta(seconds=self.lease_seconds)

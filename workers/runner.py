@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared import crud, keys, lifecycle
-from shared.broker import get_redis
+from shared import crud, keys, lifecycle, registry
 from shared.config import Settings, get_settings
 from shared.db import open_session
 from shared.dispatch import dispatch_step
@@ -78,14 +78,20 @@ UNREACHABLE = (OperationalError, InterfaceError, RedisError)
 
 
 def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
-    """Execute a job's flow if this message wins the claim; a duplicate message does nothing."""
+    """Execute a job's flow if this message wins the claim; a duplicate message does nothing.
+
+    Every job starts on a `gpu` worker, which the registry shows busy with it until it ends.
+    """
     settings = get_settings()
     with _requeued_if_unreachable(job_id):
         job = _claim(job_id, worker=worker, lease_seconds=settings.lease_seconds)
     if job is None:
         log.info("job %s is not queued (duplicate or stale message); skipping", job_id)
         return
-    _run(job, flow)
+    try:
+        _run(job, flow)
+    finally:
+        registry.mark_idle(worker)
 
 
 def continue_job(job_id: str, attempt: int, flow: Flow) -> None:
@@ -143,56 +149,73 @@ def _hand_off(job: Job, handoff: Handoff) -> None:
 
 
 def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
+    """Move the job to running, and in the same Redis round trip take it off the set of
+    published jobs and show this worker busy with it."""
+
+    def also_send(pipe: "redis.client.Pipeline") -> None:
+        pipe.srem(keys.ENQUEUED_SET, job_id)
+        registry.queue_busy(pipe, worker, job_id)
+
     now = utcnow()
     with open_session() as session:
-        job = lifecycle.change_status(
+        return lifecycle.change_status(
             session=session,
             job_id=job_id,
             to=JobStatus.running,
+            also_send=also_send,
             started_at=now,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             worker=worker,
         )
-    get_redis().srem(keys.ENQUEUED_SET, job_id)
-    return job
 
 
 def _execute(context: JobContext, flow: Flow) -> Handoff | None:
-    job = context.job
+    job, tokens = context.job, context.tokens
     try:
-        with context.tokens:  # every token is in the stream before the outcome
-            result = flow(context)
+        result = flow(context)
     except JobCanceled:
+        tokens.flush()
         log.info("job stopped: canceled")
         return None
     except JobError as exc:
-        _finish(job, JobStatus.failed, error={"code": exc.code, "message": exc.message})
+        _finish(job, tokens, JobStatus.failed, error={"code": exc.code, "message": exc.message})
         return None
     except SoftTimeLimitExceeded:
-        _finish(job, JobStatus.failed, error={"code": "timeout", "message": "the job ran too long"})
+        error = {"code": "timeout", "message": "the job ran too long"}
+        _finish(job, tokens, JobStatus.failed, error=error)
         return None
     except Exception as exc:
         log.exception("job failed with an unexpected error")
         message = f"the worker hit an unexpected error ({type(exc).__name__})"
-        _finish(job, JobStatus.failed, error={"code": "internal_error", "message": message})
+        _finish(job, tokens, JobStatus.failed, error={"code": "internal_error", "message": message})
         return None
     if isinstance(result, Handoff):
+        tokens.flush()
         return result
     if isinstance(result, Completion):
-        _finish(job, JobStatus.succeeded, result=result.result, also_deliver=result.also_deliver)
+        _finish(
+            job,
+            tokens,
+            JobStatus.succeeded,
+            result=result.result,
+            also_deliver=result.also_deliver,
+        )
     else:
-        _finish(job, JobStatus.succeeded, result=result)
+        _finish(job, tokens, JobStatus.succeeded, result=result)
     return None
 
 
 def _finish(
     job: Job,
+    tokens: TokenSender,
     status: JobStatus,
     *,
     result: dict[str, Any] | None = None,
     error: dict[str, str] | None = None,
     also_deliver: Delivery | None = None,
 ) -> None:
+    """Record the job's outcome; the tokens that still wait reach its stream first, in the
+    outcome's round trip."""
     with open_session() as session:
         finished = lifecycle.change_status(
             session=session,
@@ -200,12 +223,14 @@ def _finish(
             to=status,
             expected_attempt=job.attempt,
             also_deliver=also_deliver,
+            also_send=tokens.queue_waiting,
             result=result,
             error=error,
             finished_at=utcnow(),
             lease_expires_at=None,
         )
     if finished is None:
+        tokens.flush()
         log.info("job was canceled or retried elsewhere; its outcome here is discarded")
         return
     log.info("job %s", status, extra={"task": job.kind})
