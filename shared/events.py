@@ -77,11 +77,6 @@ def append(
     pipe.execute()
 
 
-def append_status(client: "redis.Redis", job: Job) -> None:
-    """Append the status event of the job as it now is."""
-    append(client, job.id, EVENT_STATUS, status_data(job), refresh=True)
-
-
 def queue_status(pipe: "redis.client.Pipeline", job: Job) -> None:
     """Add the job's status event to a pipeline the caller executes."""
     _add(pipe, job.id, EVENT_STATUS, status_data(job), refresh=True)

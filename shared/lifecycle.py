@@ -89,10 +89,10 @@ def _announce(
     deliveries: list[Delivery],
     also_send: Callable[["redis.client.Pipeline"], object] | None,
 ) -> None:
-    """A succeeded job's tokens count against its key before anyone hears it finished, so a
-    caller's next request sees them; a Redis failure loses the count and the event (the row
-    holds the status, and the SSE endpoint rebuilds a missing final event from it), never the
-    job."""
+    """One round trip: the caller's commands, a succeeded job's usage (counted before anyone
+    hears it finished, so a caller's next request sees it), then the status event. A Redis
+    failure loses them (the row holds the status, and the SSE endpoint rebuilds a missing final
+    event from it), never the job."""
 
     def send() -> None:
         pipe = get_redis().pipeline(transaction=False)

@@ -51,23 +51,16 @@ def tokens_of(result: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def queue_job(pipe: "redis.client.Pipeline", job: Job) -> None:
-    """Count a succeeded job against its key, if its result reports token counts (in a
-    pipeline the caller executes)."""
+    """Count a succeeded job against its key, if its result reports token counts: one request
+    and its tokens on the key's day, its tokens on the key's minute (in a pipeline the caller
+    executes)."""
     counts = tokens_of(job.result or {})
-    if counts is not None:
-        queue(pipe, job.owner_id, *counts)
-
-
-def queue(
-    pipe: "redis.client.Pipeline",
-    key_id: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> None:
-    """Add one request and its tokens to the key's day, and its tokens to the key's minute."""
+    if counts is None:
+        return
+    prompt_tokens, completion_tokens = counts
     at = time.time()
-    day = keys.usage_day(key_id, datetime.fromtimestamp(at, UTC).date().isoformat())
-    window = keys.rate_window(key_id, "tokens", minute(at))
+    day = keys.usage_day(job.owner_id, datetime.fromtimestamp(at, UTC).date().isoformat())
+    window = keys.rate_window(job.owner_id, "tokens", minute(at))
     pipe.hincrby(day, REQUESTS, 1)
     pipe.hincrby(day, PROMPT_TOKENS, prompt_tokens)
     pipe.hincrby(day, COMPLETION_TOKENS, completion_tokens)

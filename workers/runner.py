@@ -122,9 +122,11 @@ def _run(job: Job, flow: Flow) -> None:
     job_token = job_id_var.set(job.id)
     try:
         log.info("job started", extra={"task": job.kind})
-        with LeaseKeeper(job.id, job.attempt, settings.lease_seconds) as lease:
-            context = JobContext(job, settings, lease, TokenSender(job.id))
-            handoff = _execute(context, flow)
+        with (
+            LeaseKeeper(job.id, job.attempt, settings.lease_seconds) as lease,
+            TokenSender(job.id) as tokens,  # every token is in the stream before the outcome
+        ):
+            handoff = _execute(JobContext(job, settings, lease, tokens), flow)
         # After the lease keeper stopped, so that no renewal shortens the hand-off lease.
         if handoff is not None:
             _hand_off(job, handoff)
@@ -174,7 +176,6 @@ def _execute(context: JobContext, flow: Flow) -> Handoff | None:
     try:
         result = flow(context)
     except JobCanceled:
-        tokens.flush()
         log.info("job stopped: canceled")
         return None
     except JobError as exc:
@@ -190,7 +191,6 @@ def _execute(context: JobContext, flow: Flow) -> Handoff | None:
         _finish(job, tokens, JobStatus.failed, error={"code": "internal_error", "message": message})
         return None
     if isinstance(result, Handoff):
-        tokens.flush()
         return result
     if isinstance(result, Completion):
         _finish(
@@ -230,7 +230,6 @@ def _finish(
             lease_expires_at=None,
         )
     if finished is None:
-        tokens.flush()
         log.info("job was canceled or retried elsewhere; its outcome here is discarded")
         return
     log.info("job %s", status, extra={"task": job.kind})

@@ -4,6 +4,7 @@ outcome."""
 
 import threading
 import time
+from types import TracebackType
 
 import redis
 
@@ -16,8 +17,8 @@ FLUSHES = Timer("kiln-tokens")  # the delayed flushes of every job of the proces
 
 
 class TokenSender:
-    """Sends one job's tokens in order. Whoever ends the job sends what still waits, with
-    `flush` or in the round trip of its outcome with `queue_waiting`."""
+    """Sends one job's tokens in order: the last ones in the round trip of the job's outcome
+    (`queue_waiting`), or, when the block ends with none sent that way, on their own."""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -27,18 +28,28 @@ class TokenSender:
         self._lock = threading.Lock()
         self._sending = threading.Lock()
 
+    def __enter__(self) -> "TokenSender":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._flush()
+
     def send(self, delta: str) -> None:
         with self._lock:
             self._waiting.append(delta)
             if time.monotonic() - self._sent_at < TOKEN_BATCH_S:
                 if not self._flush_due:
                     self._flush_due = True
-                    FLUSHES.call_later(TOKEN_BATCH_S, self.flush)
+                    FLUSHES.call_later(TOKEN_BATCH_S, self._flush)
                 return
-        self.flush()  # the first token after a pause goes out at once
+        self._flush()  # the first token after a pause goes out at once
 
-    def flush(self) -> None:
-        """Send the tokens that wait."""
+    def _flush(self) -> None:
         with self._sending:  # one flush at a time, so batches reach Redis in order
             deltas = self._take()
             if deltas:
