@@ -355,7 +355,7 @@ def worker_parts(count: int, jobs: int) -> tuple[list[Step], pstats.Stats]:
         _finish(job, TokenSender(job.id), JobStatus.succeeded, result={"response": "ok"})
 
     def lease() -> None:
-        with LeaseKeeper("hotpaths", 1, 30.0):
+        with LeaseKeeper("hotpaths", 1, 30.0, None):
             pass
 
     def provider() -> None:

@@ -2,7 +2,7 @@
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 
 from shared import crud, keys
@@ -19,16 +19,20 @@ CHECKS = Timer("kiln-leases")  # every lease of the process is checked on this o
 
 class LeaseKeeper:
     """Checks, every CANCEL_POLL_S while the job runs, whether it was canceled, and renews the
-    lease every third of its length; `lost` is set once the job must stop (canceled, or
-    retried elsewhere). No check runs after the keeper exits."""
+    lease once a third of it has passed; `lost` is set once the job must stop (canceled, or
+    retried elsewhere). No check runs after the keeper exits.
 
-    def __init__(self, job_id: str, attempt: int, lease_seconds: float) -> None:
+    The renewal is timed from the lease the row holds (`expires_at`), not from the keeper's
+    start, so a process held up between its claim and its run renews at its first check."""
+
+    def __init__(
+        self, job_id: str, attempt: int, lease_seconds: float, expires_at: datetime | None
+    ) -> None:
         self.job_id = job_id
         self.attempt = attempt
         self.lease_seconds = lease_seconds
         self.lost = threading.Event()
-        self._polls_per_renewal = max(1, int(lease_seconds / 3 / CANCEL_POLL_S))
-        self._polls = 0
+        self._renew_after = self._renewal_due(expires_at or utcnow())
         self._checking = threading.Lock()  # held by a check; exit waits for it
         self._done = False
 
@@ -49,11 +53,10 @@ class LeaseKeeper:
         with self._checking:
             if self._done:
                 return
-            self._polls += 1
             try:
                 if get_redis().exists(keys.job_cancel(self.job_id)):
                     self.lost.set()
-                if self._polls % self._polls_per_renewal == 0 and not self._renew():
+                if utcnow() >= self._renew_after and not self._renew():
                     self.lost.set()
             except Exception:
                 # Renewal keeps trying; if it never succeeds the lease runs out and the
@@ -61,9 +64,14 @@ class LeaseKeeper:
                 log.warning("lease renewal failed for job %s", self.job_id, exc_info=True)
         CHECKS.call_later(CANCEL_POLL_S, self._check)
 
+    def _renewal_due(self, expires_at: datetime) -> datetime:
+        return expires_at - timedelta(seconds=self.lease_seconds * 2 / 3)
+
     def _renew(self) -> bool:
         until = utcnow() + timedelta(seconds=self.lease_seconds)
         with open_session() as session:
-            return crud.renew_lease(
+            renewed = crud.renew_lease(
                 session=session, job_id=self.job_id, attempt=self.attempt, until=until
             )
+        self._renew_after = self._renewal_due(until)
+        return renewed

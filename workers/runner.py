@@ -123,7 +123,7 @@ def _run(job: Job, flow: Flow) -> None:
     try:
         log.info("job started", extra={"task": job.kind})
         with (
-            LeaseKeeper(job.id, job.attempt, settings.lease_seconds) as lease,
+            LeaseKeeper(job.id, job.attempt, settings.lease_seconds, job.lease_expires_at) as lease,
             TokenSender(job.id) as tokens,  # every token is in the stream before the outcome
         ):
             handoff = _execute(JobContext(job, settings, lease, tokens), flow)

@@ -18,6 +18,7 @@ from shared.db import make_engine
 from shared.models import Job
 
 WAIT_S = 30  # far above any write here; reached only if a writer never gets the lock
+SPAWN_WAIT_S = 240  # a spawned interpreter imports Kiln first: seconds, a minute when busy
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def test_concurrent_writers_in_threads_and_processes_all_get_through(sqlite_url:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: _insert_many(sqlite_url, 25), range(8)))
     for process in others:
-        process.join(WAIT_S)
+        process.join(SPAWN_WAIT_S)
         assert process.exitcode == 0
 
     assert _count(make_engine(sqlite_url)) == 400
