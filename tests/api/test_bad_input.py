@@ -7,6 +7,8 @@ import pytest
 
 from tests.harness import Kiln
 
+ONE_DATABASE = True  # refused before any database write
+
 
 def _assert_nothing_enqueued(kiln: Kiln, key: str) -> None:
     assert kiln.client(key).get("/v1/jobs").json()["data"] == []

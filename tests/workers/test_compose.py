@@ -10,6 +10,8 @@ from tests.fakes.ollama import FakeOllama
 from tests.harness import Kiln
 from workers.flows.compose import check_draft, template_compose
 
+ONE_DATABASE = True  # drafting and checking the file; its job's status changes are every job's
+
 SERVICES = ["web", {"name": "db", "image": "postgres:16", "environment": {"POSTGRES_DB": "app"}}]
 
 VALID = """\

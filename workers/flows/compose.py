@@ -7,7 +7,6 @@ from functools import lru_cache
 from typing import Any
 
 import yaml
-from check_jsonschema.builtin_schemas import get_builtin_schema  # type: ignore[import-untyped]
 from jsonschema import validators
 from jsonschema.protocols import Validator
 
@@ -37,6 +36,10 @@ SYSTEM_PROMPT = (
 @lru_cache
 def _compose_validator() -> Validator:
     # check-jsonschema ships the Compose Specification's schema, kept current with SchemaStore.
+    # Imported here: it brings its command line (requests, ruamel, click), half a second of
+    # start-up that every worker process would pay for the first compose job only.
+    from check_jsonschema.builtin_schemas import get_builtin_schema  # type: ignore[import-untyped]
+
     schema = get_builtin_schema("vendor.compose-spec")
     validator: Validator = validators.validator_for(schema)(schema)
     return validator
