@@ -54,7 +54,7 @@ def reconcile_once(settings: Settings) -> Repairs:
     with open_session() as session:
         for job in crud.jobs_with_expired_lease(session=session, now=now, limit=BATCH):
             if job.attempt < job.max_attempts:
-                repairs.retried += _retry(job)
+                repairs.retried += retry(job)
             else:
                 repairs.failed += _fail_exhausted(job)
         before = now - timedelta(seconds=settings.requeue_after_seconds)
@@ -121,7 +121,8 @@ def _wake_for_due_deliveries() -> int:
     return int(due is not None and dispatch_delivery(due))
 
 
-def _retry(job: Job) -> int:
+def retry(job: Job) -> int:
+    """Queue a job whose lease ran out as its next attempt; 1 if this call did it."""
     with open_session() as session:
         retried = lifecycle.change_status(
             session=session,
