@@ -148,15 +148,27 @@ def worker(
         run_gpu_workers(indexes, settings)
         return
 
+    from celery.utils.nodenames import default_nodename, host_format
+
     from workers.app import app as celery
 
     names = [queue.strip() for queue in queues.split(",") if queue.strip()]
     if "gpu" in names:
         concurrency = 1  # one inference at a time per GPU
-    argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "-n", name, "-O", "fair"]
-    argv += ["-P", pool]
-    argv += ["--without-mingle", "--without-gossip", "-l", get_settings().log_level]
-    celery.worker_main(argv)
+    # Started as Celery's `worker` command starts it, without loading Celery's command line
+    # and its plugins (Flower, a REPL): a second of every worker's start-up.
+    started = celery.Worker(
+        hostname=host_format(default_nodename(name)),
+        queues=names,
+        concurrency=concurrency,
+        pool_cls=pool,
+        optimization="fair",
+        without_mingle=True,
+        without_gossip=True,
+        loglevel=get_settings().log_level,
+    )
+    started.start()
+    raise typer.Exit(started.exitcode or 0)
 
 
 @app.command()
