@@ -32,7 +32,13 @@ class LeaseKeeper:
         self.attempt = attempt
         self.lease_seconds = lease_seconds
         self.lost = threading.Event()
-        self._renew_after = self._renewal_due(expires_at or utcnow())
+        now = utcnow()
+        if expires_at is None or expires_at > now + timedelta(seconds=lease_seconds):
+            # A longer lease (a hand-off's) is cut to this keeper's at the first check, so that
+            # a worker that dies in a later step is noticed as soon as in the first.
+            self._renew_after = now
+        else:
+            self._renew_after = self._renewal_due(expires_at)
         self._checking = threading.Lock()  # held by a check; exit waits for it
         self._done = False
 

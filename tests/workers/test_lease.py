@@ -96,6 +96,17 @@ def test_a_fresh_lease_waits_for_a_third_of_its_length(stores: Engine) -> None:
         assert _lease_of(stores, claimed.id) == claimed.lease_expires_at
 
 
+def test_a_hand_off_lease_is_cut_to_the_keepers_length(stores: Engine) -> None:
+    handed = _running(stores, lease_expires_at=utcnow() + timedelta(seconds=20 * LEASE_S))
+    assert handed.lease_expires_at is not None
+    with LeaseKeeper(handed.id, handed.attempt, LEASE_S, handed.lease_expires_at) as lease:
+        eventually(lambda: _lease_of(stores, handed.id) != handed.lease_expires_at, "lease cut")
+        assert not lease.lost.is_set()
+    cut = _lease_of(stores, handed.id)
+    assert cut is not None
+    assert cut <= utcnow() + timedelta(seconds=LEASE_S)
+
+
 def test_a_canceled_or_moved_on_job_is_lost(stores: Engine) -> None:
     canceled = _running(stores, lease_expires_at=utcnow() + timedelta(seconds=LEASE_S))
     retried = _running(stores, lease_expires_at=utcnow() + timedelta(seconds=1))
