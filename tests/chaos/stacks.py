@@ -19,7 +19,7 @@ from tests.chaos.proxy import TcpProxy
 from tests.conftest import fresh_database, own_redis
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.receiver import Receiver
-from tests.harness import Kiln, running_kiln
+from tests.harness import SHORT_LEASE, Kiln, running_kiln
 
 JOBS = 120
 CLIENTS = 8
@@ -29,6 +29,7 @@ ENV = {
     "KILN_CALLBACK_ALLOW_PRIVATE": "true",
     "KILN_WEBHOOK_RETRY_SCHEDULE": "0,1,2,4,4,4,4,4,4,4",
     "KILN_LLM_RETRIES": "6",  # its back-off outlasts a 10 s outage of the backend
+    **SHORT_LEASE,
 }
 # Full jitter draws each delay from [0, scheduled]: twenty 8 s slots outlast 30 s of 503s.
 PATIENT_SCHEDULE = ",".join(["0", "2", "4"] + ["8"] * 20)

@@ -7,7 +7,7 @@ import time
 
 from tests.conftest import KilnFactory
 from tests.fakes.ollama import FakeOllama
-from tests.harness import Kiln, eventually
+from tests.harness import SHORT_LEASE, Kiln, eventually
 
 
 def _statuses(kiln: Kiln, key: str, job_id: str) -> list[str]:
@@ -18,7 +18,8 @@ def test_a_job_survives_its_worker_being_killed(
     make_kiln: KilnFactory, fake_ollama: FakeOllama
 ) -> None:
     fake_ollama.token_delay = 0.1
-    with make_kiln(KILN_LLM_PROVIDER="ollama", KILN_OLLAMA_URL=fake_ollama.url) as kiln:
+    env = {"KILN_LLM_PROVIDER": "ollama", "KILN_OLLAMA_URL": fake_ollama.url, **SHORT_LEASE}
+    with make_kiln(**env) as kiln:
         key = kiln.new_key()
         job = kiln.submit(key, " ".join(f"w{n}" for n in range(30)))
         kiln.wait_for(key, job["id"], ("running",))
@@ -104,7 +105,10 @@ def test_a_job_whose_worker_keeps_dying_fails_after_max_attempts(
 ) -> None:
     fake_ollama.token_delay = 0.2
     with make_kiln(
-        KILN_LLM_PROVIDER="ollama", KILN_OLLAMA_URL=fake_ollama.url, KILN_JOB_MAX_ATTEMPTS="2"
+        KILN_LLM_PROVIDER="ollama",
+        KILN_OLLAMA_URL=fake_ollama.url,
+        KILN_JOB_MAX_ATTEMPTS="2",
+        **SHORT_LEASE,
     ) as kiln:
         key = kiln.new_key()
         job = kiln.submit(key, " ".join(["slow"] * 200))

@@ -39,8 +39,6 @@ def kiln_env(ollama_server: FakeOllama, openai_server: FakeOpenAI) -> dict[str, 
         "KILN_OPENAI_BASE_URL": openai_server.url,
         "KILN_OPENAI_API_KEY": str(openai_server.api_key),
         "KILN_SYNC_TIMEOUT_S": "30",
-        # Counting backend requests needs one attempt per job: no lease lapsing on a busy machine.
-        "KILN_LEASE_SECONDS": "30",
     }
 
 
