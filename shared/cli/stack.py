@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import metrics
+from shared.cli.forkserver import ForkedProcess, ForkServer, ForkServerGone
 from shared.embedded_redis import EmbeddedRedis, answers
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,12 @@ class Service:
 
     name: str
     argv: list[str]
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     restarts: int = 0
     not_before: float = 0.0
     held: bool = False  # stopped on purpose: not restarted until resumed
     env: dict[str, str] = field(default_factory=dict)  # this child's own additions
+    forked: bool = False  # started by the stack's fork server (same environment as the stack)
 
     @property
     def pid(self) -> int | None:
@@ -56,21 +58,29 @@ class Supervisor:
                 self._spawn(service)
 
     def _spawn(self, service: Service) -> None:
+        # Each child leads its own process group, so Ctrl-C reaches only the supervisor,
+        # which then stops every child (and the child's own children) in order.
+        log_path = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"{service.name}.log"
+        service.process = self._start(service, log_path)
+        log.info("started %s (pid %d)", service.name, service.process.pid)
+
+    def _start(
+        self, service: Service, log_path: Path | None
+    ) -> subprocess.Popen[bytes] | ForkedProcess:
         env = {**os.environ, **self.env, **service.env}
         if service.name == "flower":
             env.pop(metrics.MULTIPROC_ENV, None)  # Flower's own metrics are not Kiln's
-        # Each child leads its own process group, so Ctrl-C reaches only the supervisor,
-        # which then stops every child (and the child's own children) in order.
-        output = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            output = (self.log_dir / f"{service.name}.log").open("ab")
-        service.process = subprocess.Popen(
-            service.argv, env=env, stdout=output, stderr=output, start_new_session=True
-        )
-        if output is not None:
-            output.close()
-        log.info("started %s (pid %d)", service.name, service.process.pid)
+        output = None if log_path is None else log_path.open("ab")
+        try:
+            return subprocess.Popen(
+                service.argv, env=env, stdout=output, stderr=output, start_new_session=True
+            )
+        finally:
+            if output is not None:
+                output.close()
 
     def supervise(self, stop: threading.Event) -> None:
         """Restart dead services, with back-off, until `stop` is set."""
@@ -121,6 +131,7 @@ class Stack(Supervisor):
     own_redis: bool = False  # always start an embedded Redis (demo, tests)
     worker_concurrency: int = 2
     redis: EmbeddedRedis | None = None
+    forkserver: ForkServer | None = None
 
     @property
     def api_url(self) -> str:
@@ -151,11 +162,12 @@ class Stack(Supervisor):
             # Deliveries wait on the network, so threads overlap them at little memory cost.
             ("worker-callbacks", "callbacks", CALLBACK_THREADS, "threads"),
         ]
-        self.services["api"] = Service("api", [sys.executable, "-m", *api])
+        self.services["api"] = Service("api", [sys.executable, "-m", *api], forked=True)
         for name, queue, concurrency, pool in workers:
             argv = [*KILN, "worker", "--queues", queue, "--concurrency", str(concurrency)]
-            self.services[name] = Service(name, [*argv, "--pool", pool, "--name", f"{name}@%h"])
-        self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"])
+            argv += ["--pool", pool, "--name", f"{name}@%h"]
+            self.services[name] = Service(name, argv, forked=True)
+        self.services["reconciler"] = Service("reconciler", [*KILN, "reconciler"], forked=True)
         if self.flower_port is not None:
             # Flower sees tasks from the start, unless events were turned off on purpose.
             self.env.setdefault("KILN_TASK_EVENTS", os.environ.get("KILN_TASK_EVENTS", "true"))
@@ -164,11 +176,25 @@ class Stack(Supervisor):
             if self.flower_auth:
                 flower.append(f"--basic_auth={self.flower_auth}")
             self.services["flower"] = Service("flower", flower)
+        self.forkserver = ForkServer({**os.environ, **self.env})
         self.start_services()
 
+    def _start(
+        self, service: Service, log_path: Path | None
+    ) -> subprocess.Popen[bytes] | ForkedProcess:
+        if service.forked and self.forkserver is not None and self.forkserver.running:
+            try:
+                return self.forkserver.spawn(service.argv, log_path)
+            except ForkServerGone:
+                log.warning("the fork server is gone; %s is started with exec", service.name)
+        return super()._start(service, log_path)
+
     def stop(self) -> None:
-        """Stop every service and the embedded Redis; nothing is left running."""
+        """Stop every service, the fork server and the embedded Redis; nothing is left
+        running."""
         super().stop()
+        if self.forkserver is not None:
+            self.forkserver.stop()
         if self.redis is not None:
             self.redis.stop()
 
