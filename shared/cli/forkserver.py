@@ -134,7 +134,7 @@ class ForkServer:
                         self._exits[int(pid)] = int(code[0])
                     self.changed.notify_all()
         except (OSError, ValueError):
-            pass
+            pass  # a broken channel ends the server's use like its exit does
         with self.changed:
             self._gone = True
             self.changed.notify_all()
@@ -189,9 +189,6 @@ def _become_service(argv: list[str], log: str | None) -> None:
     """In the child: a session of its own, its output in its log, then `python -m` its module
     (which ends the process with the module's exit code)."""
     os.setsid()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
     if log is not None:
         output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(output, 1)
