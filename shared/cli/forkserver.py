@@ -7,7 +7,8 @@ signals, process groups and exit codes behave as for a process started with exec
 service is up in a fraction of a second.
 
 The server is the parent of every child: it reaps them and reports their exit codes to the
-supervisor over a socket, one line per event.
+supervisor over a socket, one line per event. When that socket closes while children still run
+(the supervisor was killed), it sends them SIGTERM, so no service outlives its supervisor.
 """
 
 import contextlib
@@ -164,6 +165,7 @@ def serve(control: socket.socket) -> None:
         # in the reader's buffer after a line.
         line = lines.readline()
         if not line:
+            _end(children)
             return
         request = json.loads(line)
         pid = os.fork()
@@ -183,6 +185,14 @@ def _report_exits(control: socket.socket, children: set[int]) -> None:
         if done:
             children.discard(pid)
             control.sendall(f"exited {pid} {os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+def _end(children: set[int]) -> None:
+    """The supervisor is gone (its own stop leaves nothing running): end what it left behind,
+    as its stop would have, so that no service outlives a killed `kiln up`."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
 
 
 def _become_service(argv: list[str], log: str | None) -> None:

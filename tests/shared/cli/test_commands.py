@@ -128,6 +128,36 @@ def test_up_serves_until_ctrl_c_then_stops_every_process(tmp_path: Path) -> None
     assert _wait_gone(marker, timeout=5) == []
 
 
+def test_a_killed_up_leaves_no_kiln_service_running(tmp_path: Path) -> None:
+    port = free_port()
+    redis_server = EmbeddedRedis(tmp_path / "redis", persist=False)
+    redis_server.start()
+    env, marker = _marked_env(
+        tmp_path, KILN_REDIS_URL=redis_server.url, KILN_LLM_PROVIDER="template"
+    )
+    up = subprocess.Popen(
+        [*KILN, "up", "--port", str(port), "--no-flower"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        assert len(_processes_with(marker)) >= 6  # up, fork server, api, 3 workers, reconciler
+
+        up.kill()  # no chance to stop its services
+        up.wait()
+        left = _wait_gone(marker, timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)  # this test's own processes, should one be left
+        redis_server.stop()
+
+    assert left == []
+
+
 def test_keys_and_migrate_commands(tmp_path: Path) -> None:
     env, _ = _marked_env(tmp_path, KILN_DATABASE_URL=f"sqlite:///{tmp_path / 'keys.db'}")
 
