@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.cli.forkserver import ForkServer, ForkServerGone
-from tests.harness import Kiln
+from tests.harness import Kiln, eventually
 
 ONE_DATABASE = True  # nothing here reaches the database beyond what every stack does
 KILN = [sys.executable, "-m", "shared.cli"]
@@ -48,15 +48,18 @@ def test_a_child_leads_its_own_session_and_a_kill_is_reported(
     setup = "import os, time; print(os.environ['KILN_FORKSERVER_TEST'], flush=True)"
     argv = [sys.executable, "-m", "timeit", "-n", "1", "-r", "1", "-s", setup, "time.sleep(60)"]
     child = server.spawn(argv, log)
+    printed = eventually(
+        lambda: log.read_text() if log.exists() else None, "the child's first line", WAIT_S
+    )
     with pytest.raises(subprocess.TimeoutExpired):
         child.wait(timeout=0.5)
 
+    assert printed == "inherited\n"  # the server's environment, handed down
     assert os.getsid(child.pid) == child.pid
     assert os.getpgid(child.pid) == child.pid
     os.killpg(child.pid, signal.SIGKILL)
 
     assert child.wait(timeout=WAIT_S) == -signal.SIGKILL
-    assert log.read_text() == "inherited\n"  # the server's environment, handed down
 
 
 def test_only_module_command_lines_are_forked(server: ForkServer) -> None:
