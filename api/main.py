@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -29,6 +29,7 @@ from shared.db import open_session
 from shared.logs import configure_logging
 
 # What a browser script on an allowed origin may send; keys travel in headers, never cookies.
+CANCEL_RETRY_S = 0.5
 CORS_REQUEST_HEADERS = [
     "Authorization",
     "Content-Type",
@@ -47,9 +48,16 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             crud.ensure_admin_key(session=session, key=settings.admin_api_key.get_secret_value())
     listener = asyncio.create_task(local_cache.follow_changes())
     yield
-    listener.cancel()
-    with suppress(asyncio.CancelledError):
-        await listener
+    await _cancelled(listener)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it ends. A cancel that lands while redis-py is still
+    subscribing can be lost (seen under uvloop, when a failed bind shuts the API down right
+    after its start), so it is repeated: a lost one would hang the shutdown for good."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_RETRY_S)
 
 
 def create_app() -> FastAPI:
