@@ -28,8 +28,8 @@ from shared.config import Environment, get_settings
 from shared.db import open_session
 from shared.logs import configure_logging
 
+CANCEL_RETRY_S = 0.5  # how long the shutdown waits on a cancelled task before cancelling again
 # What a browser script on an allowed origin may send; keys travel in headers, never cookies.
-CANCEL_RETRY_S = 0.5
 CORS_REQUEST_HEADERS = [
     "Authorization",
     "Content-Type",

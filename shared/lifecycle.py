@@ -64,7 +64,7 @@ def record_progress(*, session: Session, job: Job, progress: dict[str, Any]) -> 
     if delivery is not None:
         session.add(delivery)
     session.commit()
-    _side_step(
+    side_step(
         lambda: events.append(get_redis(), job.id, events.EVENT_PROGRESS, progress, refresh=False),
         "could not record a progress event of job %s",
         job.id,
@@ -74,7 +74,7 @@ def record_progress(*, session: Session, job: Job, progress: dict[str, Any]) -> 
 
 
 def _count(job: Job, to: JobStatus) -> None:
-    _side_step(
+    side_step(
         lambda: metrics.observe_status_change(job, to),
         "could not count the %s change of job %s",
         to,
@@ -103,20 +103,21 @@ def _announce(
         events.queue_status(pipe, job)
         pipe.execute()
 
-    _side_step(send, "could not record the %s event of job %s", job.status, job.id)
+    side_step(send, "could not record the %s event of job %s", job.status, job.id)
     for delivery in deliveries:
         dispatch_delivery(delivery.id)
 
 
-def _side_step(
+def side_step(
     step: Callable[[], object],
     failed: str,
     *args: object,
     catch: type[Exception] = RedisError,
     exc_info: bool = False,
 ) -> None:
-    """Run a step that follows a committed change; if it raises `catch`, log `failed % args` as
-    a warning instead, so that a side step never fails the change."""
+    """Run a step that follows the real work (a committed change, a job's flow); if it raises
+    `catch`, log `failed % args` as a warning instead, so that a side step never fails the work:
+    a Redis outage loses events from a stream, never a job."""
     try:
         step()
     except catch:

@@ -2,19 +2,16 @@
 into one round trip per TOKEN_BATCH_S when they come fast, and the last ones with the job's
 outcome."""
 
-import logging
 import threading
 import time
 from types import TracebackType
 
 import redis
-from redis.exceptions import RedisError
 
 from shared import events
 from shared.broker import get_redis
+from shared.lifecycle import side_step
 from workers.timers import Timer
-
-log = logging.getLogger(__name__)
 
 TOKEN_BATCH_S = 0.01  # the longest a token waits for others to share its round trip
 FLUSHES = Timer("kiln-tokens")  # the delayed flushes of every job of the process
@@ -56,17 +53,13 @@ class TokenSender:
     def _flush(self) -> None:
         with self._sending:  # one flush at a time, so batches reach Redis in order
             deltas = self._take()
-            if not deltas:
-                return
-            try:
-                events.append_tokens(get_redis(), self.job_id, deltas)
-            except RedisError as exc:
-                # The stream misses these tokens; the job goes on, and its result holds them.
-                log.warning(
-                    "could not send %d tokens of job %s to its stream: %s",
+            if deltas:
+                # Without Redis the stream misses these tokens; the result still holds them.
+                side_step(
+                    lambda: events.append_tokens(get_redis(), self.job_id, deltas),
+                    "could not send %d tokens of job %s to its stream",
                     len(deltas),
                     self.job_id,
-                    exc,
                 )
 
     def queue_waiting(self, pipe: "redis.client.Pipeline") -> None:

@@ -73,7 +73,7 @@ class ForkServer:
         theirs.close()
         self.changed = threading.Condition()
         self._exits: dict[int, int] = {}
-        self._started: list[int] = []
+        self._started: int | None = None  # the answer to the spawn under way
         self._gone = False
         self._asking = threading.Lock()  # one spawn at a time: its answer is the next "started"
         self._reader = threading.Thread(target=self._read, name="kiln-forkserver", daemon=True)
@@ -90,10 +90,13 @@ class ForkServer:
             except OSError as exc:
                 raise ForkServerGone(str(exc)) from exc
             with self.changed:
-                self.changed.wait_for(lambda: self._started or self._gone, SPAWN_TIMEOUT_S)
-                if not self._started:
-                    raise ForkServerGone("the fork server did not answer")
-                return ForkedProcess(self._started.pop(0), self)
+                self.changed.wait_for(
+                    lambda: self._started is not None or self._gone, SPAWN_TIMEOUT_S
+                )
+                pid, self._started = self._started, None
+            if pid is None:
+                raise ForkServerGone("the fork server did not answer")
+            return ForkedProcess(pid, self)
 
     def returncode(self, process: ForkedProcess) -> int | None:
         with self.changed:
@@ -130,7 +133,7 @@ class ForkServer:
                 event, pid, *code = line.split()
                 with self.changed:
                     if event == "started":
-                        self._started.append(int(pid))
+                        self._started = int(pid)
                     else:
                         self._exits[int(pid)] = int(code[0])
                     self.changed.notify_all()
