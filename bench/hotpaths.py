@@ -323,13 +323,14 @@ def worker_parts(count: int, jobs: int) -> tuple[list[Step], pstats.Stats]:
     """Each step of running one `generate` job, then a profile of `jobs` whole runs."""
     from shared import crud, events
     from shared.broker import get_redis
+    from shared.config import get_settings
     from shared.db import open_session
     from shared.llm import GenerateRequest, get_provider
     from shared.models import Job
     from shared.states import JobStatus
     from workers.flows import generate
     from workers.lease import LeaseKeeper
-    from workers.runner import _claim, _finish, run_job
+    from workers.runner import JobContext, _claim, _finish, run_job
     from workers.tokens import TokenSender
 
     def queued(n: int) -> list[str]:
@@ -352,7 +353,9 @@ def worker_parts(count: int, jobs: int) -> tuple[list[Step], pstats.Stats]:
 
     def finish() -> None:
         job = claimed.pop()
-        _finish(job, TokenSender(job.id), JobStatus.succeeded, result={"response": "ok"})
+        lease = LeaseKeeper(job.id, job.attempt, 30.0, job.lease_expires_at)  # never entered
+        context = JobContext(job, get_settings(), lease, TokenSender(job.id), "hotpaths")
+        _finish(context, JobStatus.succeeded, result={"response": "ok"})
 
     def lease() -> None:
         with LeaseKeeper("hotpaths", 1, 30.0, None):

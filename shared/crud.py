@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    RowMapping,
     Table,
     Update,
     and_,
@@ -21,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Session, col, select
 
 from shared.models import ApiKey, Delivery, DeliveryAttempt, Job, RuntimeSetting, utcnow
@@ -40,6 +43,7 @@ _JOBS: Table = Job.__table__  # type: ignore[attr-defined]
 _INSERT_JOB = insert(_JOBS)
 _JOB_COLUMNS = [(field.key, field.columns[0].key) for field in inspect(Job).column_attrs]
 _JOB_COLUMN = dict(_JOB_COLUMNS)  # a field's column
+_JOB_CLASS = manager_of_class(Job)
 _CLAIMED_COLUMNS = [field.name for field in fields(ClaimedDelivery)]
 _OUTCOME_COLUMNS = (
     "status",
@@ -203,7 +207,17 @@ def move_job(
     row = session.connection().execute(statement, parameters).mappings().one_or_none()
     if row is None:
         return None
-    return Job.model_validate({field: row[column] for field, column in _JOB_COLUMNS})
+    return _loaded_job(row)
+
+
+def _loaded_job(row: RowMapping) -> Job:
+    """The job a row holds, built the way the ORM builds what it loads: the columns' types
+    already gave each value its type, so it is not validated again (a third of the cost)."""
+    job: Job = _JOB_CLASS.new_instance()
+    for field, column in _JOB_COLUMNS:
+        set_committed_value(job, field, row[column])
+    set_committed_value(job, "status", JobStatus(row[_JOB_COLUMN["status"]]))
+    return job
 
 
 @lru_cache(maxsize=64)
@@ -213,13 +227,18 @@ def _move_statement(to: JobStatus, fields: tuple[str, ...], on_attempt: bool) ->
     Parameter names differ from every column's, which in an UPDATE would mean a new value."""
     statement = (
         update(_JOBS)
-        .where(_JOBS.c.id == bindparam("match_id"), _JOBS.c.status.in_(sources_of(to)))
+        .where(_JOBS.c.id == bindparam("match_id"), _any_status(sources_of(to)))
         .values(status=to, **{_JOB_COLUMN[field]: bindparam(f"new_{field}") for field in fields})
         .returning(*_JOBS.c)
     )
     if on_attempt:
         statement = statement.where(_JOBS.c.attempt == bindparam("match_attempt"))
     return statement
+
+
+def _any_status(statuses: list[JobStatus]) -> ColumnElement[bool]:
+    """`status IN (…)` as plain comparisons: an IN list is rendered again on every execution."""
+    return or_(*(_JOBS.c.status == status for status in statuses))
 
 
 def renew_lease(*, session: Session, job_id: str, attempt: int, until: datetime) -> bool:

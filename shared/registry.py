@@ -104,6 +104,11 @@ def queue_busy(pipe: "redis.client.Pipeline", hostname: str, job_id: str) -> Non
     pipe.expire(key, HEARTBEAT_TTL_S)
 
 
+def queue_idle(pipe: "redis.client.Pipeline", hostname: str) -> None:
+    """Record that the worker runs no job, in a pipeline the caller executes."""
+    pipe.hdel(keys.worker_heartbeat(hostname), JOB_FIELD)
+
+
 def mark_idle(hostname: str) -> None:
     """Record at once that the worker runs no job."""
     try:

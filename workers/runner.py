@@ -39,6 +39,7 @@ class JobContext:
     settings: Settings
     lease: LeaseKeeper
     tokens: TokenSender
+    busy_worker: str | None = None  # the gpu worker shown busy with the job, until its outcome
 
     def should_stop(self) -> bool:
         """True once the job was canceled or handed to another worker."""
@@ -88,10 +89,7 @@ def run_job(job_id: str, flow: Flow, *, worker: str) -> None:
     if job is None:
         log.info("job %s is not queued (duplicate or stale message); skipping", job_id)
         return
-    try:
-        _run(job, flow)
-    finally:
-        registry.mark_idle(worker)
+    _run(job, flow, busy_worker=worker)
 
 
 def continue_job(job_id: str, attempt: int, flow: Flow) -> None:
@@ -116,21 +114,27 @@ def _requeued_if_unreachable(job_id: str) -> Iterator[None]:
         raise Reject(f"unreachable: {type(exc).__name__}", requeue=True) from exc
 
 
-def _run(job: Job, flow: Flow) -> None:
+def _run(job: Job, flow: Flow, *, busy_worker: str | None = None) -> None:
+    """`busy_worker`: the worker that the registry shows busy with the job; the outcome's round
+    trip shows it idle, or, when the job ends in another way here, a round trip of its own."""
     settings = get_settings()
     request_token = request_id_var.set(job.request_id)
     job_token = job_id_var.set(job.id)
+    context: JobContext | None = None
     try:
         log.info("job started", extra={"task": job.kind})
         with (
             LeaseKeeper(job.id, job.attempt, settings.lease_seconds, job.lease_expires_at) as lease,
             TokenSender(job.id) as tokens,  # every token is in the stream before the outcome
         ):
-            handoff = _execute(JobContext(job, settings, lease, tokens), flow)
+            context = JobContext(job, settings, lease, tokens, busy_worker)
+            handoff = _execute(context, flow)
         # After the lease keeper stopped, so that no renewal shortens the hand-off lease.
         if handoff is not None:
             _hand_off(job, handoff)
     finally:
+        if busy_worker is not None and (context is None or context.busy_worker is not None):
+            registry.mark_idle(busy_worker)
         job_id_var.reset(job_token)
         request_id_var.reset(request_token)
 
@@ -172,50 +176,52 @@ def _claim(job_id: str, *, worker: str, lease_seconds: float) -> Job | None:
 
 
 def _execute(context: JobContext, flow: Flow) -> Handoff | None:
-    job, tokens = context.job, context.tokens
     try:
         result = flow(context)
     except JobCanceled:
         log.info("job stopped: canceled")
         return None
     except JobError as exc:
-        _finish(job, tokens, JobStatus.failed, error={"code": exc.code, "message": exc.message})
+        _finish(context, JobStatus.failed, error={"code": exc.code, "message": exc.message})
         return None
     except SoftTimeLimitExceeded:
         error = {"code": "timeout", "message": "the job ran too long"}
-        _finish(job, tokens, JobStatus.failed, error=error)
+        _finish(context, JobStatus.failed, error=error)
         return None
     except Exception as exc:
         log.exception("job failed with an unexpected error")
         message = f"the worker hit an unexpected error ({type(exc).__name__})"
-        _finish(job, tokens, JobStatus.failed, error={"code": "internal_error", "message": message})
+        error = {"code": "internal_error", "message": message}
+        _finish(context, JobStatus.failed, error=error)
         return None
     if isinstance(result, Handoff):
         return result
     if isinstance(result, Completion):
         _finish(
-            job,
-            tokens,
-            JobStatus.succeeded,
-            result=result.result,
-            also_deliver=result.also_deliver,
+            context, JobStatus.succeeded, result=result.result, also_deliver=result.also_deliver
         )
     else:
-        _finish(job, tokens, JobStatus.succeeded, result=result)
+        _finish(context, JobStatus.succeeded, result=result)
     return None
 
 
 def _finish(
-    job: Job,
-    tokens: TokenSender,
+    context: JobContext,
     status: JobStatus,
     *,
     result: dict[str, Any] | None = None,
     error: dict[str, str] | None = None,
     also_deliver: Delivery | None = None,
 ) -> None:
-    """Record the job's outcome; the tokens that still wait reach its stream first, in the
-    outcome's round trip."""
+    """Record the job's outcome; in the outcome's round trip the tokens that still wait reach
+    its stream first, and the worker busy with it is shown idle."""
+    job, busy_worker = context.job, context.busy_worker
+
+    def also_send(pipe: "redis.client.Pipeline") -> None:
+        context.tokens.queue_waiting(pipe)
+        if busy_worker is not None:
+            registry.queue_idle(pipe, busy_worker)
+
     with open_session() as session:
         finished = lifecycle.change_status(
             session=session,
@@ -223,7 +229,7 @@ def _finish(
             to=status,
             expected_attempt=job.attempt,
             also_deliver=also_deliver,
-            also_send=tokens.queue_waiting,
+            also_send=also_send,
             result=result,
             error=error,
             finished_at=utcnow(),
@@ -232,4 +238,5 @@ def _finish(
     if finished is None:
         log.info("job was canceled or retried elsewhere; its outcome here is discarded")
         return
+    context.busy_worker = None
     log.info("job %s", status, extra={"task": job.kind})

@@ -189,3 +189,30 @@ def test_without_nvidia_smi_all_is_a_clear_error(
 def test_bad_gpu_lists_are_refused(spec: str) -> None:
     with pytest.raises(GPUSelectionError):
         parse_gpus(spec)
+
+
+def test_a_gpu_worker_is_idle_again_once_its_job_is_canceled(
+    kiln: Kiln, launcher: subprocess.Popen[bytes], gpu_ollamas: list[FakeOllama]
+) -> None:
+    # A job that ends with no outcome of its worker's (here: canceled) is not shown idle by the
+    # outcome's round trip, but by one of its own.
+    _both_announced(kiln)
+    for fake in gpu_ollamas:
+        fake.reset()
+        fake.token_delay = 0.2
+    key = kiln.new_key()
+    with kiln.held("worker-gpu"):
+        job = kiln.submit(key, " ".join(f"w{n}" for n in range(100)))
+        eventually(
+            lambda: [w for w in _gpu_workers(kiln).values() if w["job_id"] == job["id"]],
+            "the GPU worker busy with the job",
+            timeout=WAIT_S,
+        )
+        kiln.client(key).post(f"/v1/jobs/{job['id']}/cancel").raise_for_status()
+        assert kiln.wait_for(key, job["id"])["status"] == "canceled"
+
+        eventually(
+            lambda: all(w["state"] == "idle" for w in _gpu_workers(kiln).values()),
+            "idle workers",
+            timeout=WAIT_S,
+        )
