@@ -4,7 +4,8 @@ Every service of a stack (API, workers, reconciler) imports the same heavy libra
 four seconds of CPU each. The fork server imports them once, with the stack's environment, and
 forks a child per service; a child is a new session running `python -m <module> <args>`, so
 signals, process groups and exit codes behave as for a process started with exec. A restarted
-service is up in a fraction of a second.
+service is up in a fraction of a second. A service that needs an environment of its own (Flower)
+is a child of the server too, which execs its command line.
 
 The server is the parent of every child: it reaps them and reports their exit codes to the
 supervisor over a socket, one line per event. When that socket closes while children still run
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 # What every service loads anyway; imported before the first fork, never used here.
 PRELOAD = ("shared.cli.main", "workers.app", "celery.apps.worker", "api.main", "uvicorn.main")
@@ -83,7 +85,16 @@ class ForkServer:
         """Run `argv`, which is `[sys.executable, "-m", module, *args]`, in a forked child."""
         if argv[:2] != [sys.executable, "-m"]:
             raise ValueError(f"not a Python module's command line: {argv}")
-        request = {"argv": argv[2:], "log": None if log_path is None else str(log_path)}
+        return self._ask({"module": argv[2:], "log": None if log_path is None else str(log_path)})
+
+    def spawn_exec(
+        self, argv: list[str], log_path: Path | None, env: dict[str, str]
+    ) -> ForkedProcess:
+        """Exec `argv` with `env` in a child of the server."""
+        log = None if log_path is None else str(log_path)
+        return self._ask({"exec": argv, "env": env, "log": log})
+
+    def _ask(self, request: dict[str, Any]) -> ForkedProcess:
         with self._asking:
             try:
                 self._socket.sendall(json.dumps(request).encode() + b"\n")
@@ -176,7 +187,7 @@ def serve(control: socket.socket) -> None:
             selector.close()
             lines.close()
             control.close()
-            _become_service(request["argv"], request["log"])
+            _become_service(request)
             return  # the module returned without exiting: a clean exit, code 0
         children.add(pid)
         control.sendall(f"started {pid}\n".encode())
@@ -198,16 +209,18 @@ def _end(children: set[int]) -> None:
             os.killpg(pid, signal.SIGTERM)
 
 
-def _become_service(argv: list[str], log: str | None) -> None:
+def _become_service(request: dict[str, Any]) -> None:
     """In the child: a session of its own, its output in its log, then `python -m` its module
-    (which ends the process with the module's exit code)."""
+    (which ends the process with the module's exit code) or the exec of its command line."""
     os.setsid()
-    if log is not None:
+    if (log := request["log"]) is not None:
         output = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(output)
-    module, *args = argv
+    if (argv := request.get("exec")) is not None:
+        os.execve(argv[0], argv, request["env"])  # noqa: S606  (the stack's own command line)
+    module, *args = request["module"]
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -36,7 +36,7 @@ class Service:
     not_before: float = 0.0
     held: bool = False  # stopped on purpose: not restarted until resumed
     env: dict[str, str] = field(default_factory=dict)  # this child's own additions
-    forked: bool = False  # started by the stack's fork server (same environment as the stack)
+    forked: bool = False  # forked by the stack's fork server (same environment as the stack)
 
     @property
     def pid(self) -> int | None:
@@ -70,17 +70,24 @@ class Supervisor:
     def _start(
         self, service: Service, log_path: Path | None
     ) -> subprocess.Popen[bytes] | ForkedProcess:
-        env = {**os.environ, **self.env, **service.env}
-        if service.name == "flower":
-            env.pop(metrics.MULTIPROC_ENV, None)  # Flower's own metrics are not Kiln's
         output = None if log_path is None else log_path.open("ab")
         try:
             return subprocess.Popen(
-                service.argv, env=env, stdout=output, stderr=output, start_new_session=True
+                service.argv,
+                env=self._env_of(service),
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
             )
         finally:
             if output is not None:
                 output.close()
+
+    def _env_of(self, service: Service) -> dict[str, str]:
+        env = {**os.environ, **self.env, **service.env}
+        if service.name == "flower":
+            env.pop(metrics.MULTIPROC_ENV, None)  # Flower's own metrics are not Kiln's
+        return env
 
     def supervise(self, stop: threading.Event) -> None:
         """Restart dead services, with back-off, until `stop` is set."""
@@ -182,9 +189,12 @@ class Stack(Supervisor):
     def _start(
         self, service: Service, log_path: Path | None
     ) -> subprocess.Popen[bytes] | ForkedProcess:
-        if service.forked and self.forkserver is not None and self.forkserver.running:
+        # Every service is the fork server's child, so that it ends them if the supervisor dies.
+        if self.forkserver is not None and self.forkserver.running:
             try:
-                return self.forkserver.spawn(service.argv, log_path)
+                if service.forked:
+                    return self.forkserver.spawn(service.argv, log_path)
+                return self.forkserver.spawn_exec(service.argv, log_path, self._env_of(service))
             except ForkServerGone:
                 log.warning("the fork server is gone; %s is started with exec", service.name)
         return super()._start(service, log_path)

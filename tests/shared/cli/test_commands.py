@@ -12,7 +12,7 @@ import httpx
 
 from shared.embedded_redis import EmbeddedRedis, free_port
 from tests.fakes.ollama import FakeOllama
-from tests.harness import wait_ready
+from tests.harness import eventually, wait_ready
 
 KILN = [sys.executable, "-m", "shared.cli"]
 
@@ -42,6 +42,13 @@ def _processes_with(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _wait_gone(marker: str, timeout: float) -> list[int]:
@@ -133,17 +140,25 @@ def test_a_killed_up_leaves_no_kiln_service_running(tmp_path: Path) -> None:
     redis_server = EmbeddedRedis(tmp_path / "redis", persist=False)
     redis_server.start()
     env, marker = _marked_env(
-        tmp_path, KILN_REDIS_URL=redis_server.url, KILN_LLM_PROVIDER="template"
+        tmp_path,
+        KILN_REDIS_URL=redis_server.url,
+        KILN_LLM_PROVIDER="template",
+        KILN_FLOWER_PORT=str(free_port()),
     )
     up = subprocess.Popen(
-        [*KILN, "up", "--port", str(port), "--no-flower"],
+        [*KILN, "up", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}")
-        assert len(_processes_with(marker)) >= 6  # up, fork server, api, 3 workers, reconciler
+        # up, fork server, api, 3 workers, reconciler, Flower (exec'd by the fork server)
+        flower = eventually(
+            lambda: [pid for pid in _processes_with(marker) if b"flower" in _cmdline(pid)],
+            "Flower",
+        )
+        assert len(_processes_with(marker)) >= 7
 
         up.kill()  # no chance to stop its services
         up.wait()
@@ -156,6 +171,7 @@ def test_a_killed_up_leaves_no_kiln_service_running(tmp_path: Path) -> None:
         redis_server.stop()
 
     assert left == []
+    assert flower
 
 
 def test_keys_and_migrate_commands(tmp_path: Path) -> None:

@@ -67,6 +67,18 @@ def test_only_module_command_lines_are_forked(server: ForkServer) -> None:
         server.spawn(["/bin/true"], None)
 
 
+def test_a_command_line_with_an_environment_of_its_own_is_execd_by_the_server(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "shell.log"
+    env = {"PATH": os.environ["PATH"], "OWN": "own"}
+    script = 'echo "$OWN/${KILN_FORKSERVER_TEST:-none}"; exit 7'
+    child = server.spawn_exec(["/bin/sh", "-c", script], log, env)
+
+    assert child.wait(timeout=WAIT_S) == 7
+    assert log.read_text() == "own/none\n"  # its own environment, not the server's
+
+
 def test_a_stopped_server_refuses_to_fork(tmp_path: Path) -> None:
     server = ForkServer(dict(os.environ))
     server.stop()
