@@ -89,7 +89,11 @@ def up(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stack.start()
+    try:
+        stack.start()
+    except RuntimeError as exc:  # the embedded Redis: in use by another Kiln, or it failed
+        stack.stop()
+        raise SystemExit(f"Kiln cannot start: {exc}") from None
     docs = f"  (docs: {stack.api_url}/docs)" if development else ""
     typer.echo(f"Kiln API      {stack.api_url}{docs}")
     if not no_flower:
