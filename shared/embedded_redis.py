@@ -131,13 +131,23 @@ class EmbeddedRedis:
             pid = int(self.pidfile.read_text())
         except (OSError, ValueError):
             return
-        if not _is_redis_server(pid):
+        if not self._serves_here(pid):
             return  # gone, or its pid was reused by another program
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while _is_redis_server(pid) and time.monotonic() < deadline:
+        while self._serves_here(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _serves_here(self, pid: int) -> bool:
+        """Whether `pid` is a redis-server working in this directory (Redis changes into its
+        `--dir`; an exited one, a zombie, has no command line)."""
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            return False
+        return b"redis-server" in command and cwd == self.data_dir.resolve()
 
     def stop(self) -> None:
         """Stop the server (and wait for it), then let its directory go."""
@@ -152,11 +162,3 @@ class EmbeddedRedis:
         if self._lock is not None:
             self._lock.close()  # which releases it
             self._lock = None
-
-
-def _is_redis_server(pid: int) -> bool:
-    """Whether `pid` runs redis-server (an exited one, a zombie, has an empty command line)."""
-    try:
-        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
