@@ -112,11 +112,9 @@ class EmbeddedRedis:
         return self.url
 
     def _own_directory(self) -> None:
-        """Take the directory's lock, which its holder keeps until `stop` or its death. Another
-        live holder means another Kiln runs a server here: two would write one append-only
-        file. With the lock taken, a server still running here (its pidfile says so) was left
-        by a holder killed before it could stop it; it is stopped, and what it wrote is kept
-        for the new server to read."""
+        """Take the directory's lock, which its holder keeps until `stop` or its death: another
+        live holder means another Kiln runs a server here, and two would write one append-only
+        file. A server still running here once the lock is taken is a leftover."""
         if self._lock is None:
             lock = (self.data_dir / "redis.lock").open("w")
             try:
@@ -127,6 +125,11 @@ class EmbeddedRedis:
                     f"another running Kiln uses the embedded Redis in {self.data_dir}"
                 ) from None
             self._lock = lock
+        self._stop_leftover()
+
+    def _stop_leftover(self) -> None:
+        """Stop the server the pidfile names, if it still runs here: left by a holder killed
+        before it could stop it. What it wrote is kept for the new server to read."""
         try:
             pid = int(self.pidfile.read_text())
         except (OSError, ValueError):

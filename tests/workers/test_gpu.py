@@ -82,6 +82,13 @@ def _both_announced(kiln: Kiln) -> dict[int, dict[str, Any]]:
     return workers
 
 
+def _pace(fakes: list[FakeOllama], *, token_delay: float) -> None:
+    """Forget the fakes' earlier requests and make their tokens come `token_delay` apart."""
+    for fake in fakes:
+        fake.reset()
+        fake.token_delay = token_delay
+
+
 def _pid(kiln: Kiln, hostname: str) -> int | None:
     """The worker's main process, from its registry record (gone once the record expires)."""
     info = kiln.redis.hget(keys.worker_heartbeat(hostname), INFO_FIELD)
@@ -124,9 +131,7 @@ def test_a_gpu_worker_is_busy_with_its_job_then_idle(
     kiln: Kiln, launcher: subprocess.Popen[bytes], gpu_ollamas: list[FakeOllama]
 ) -> None:
     _both_announced(kiln)
-    for fake in gpu_ollamas:
-        fake.reset()
-        fake.token_delay = 0.1
+    _pace(gpu_ollamas, token_delay=0.1)
     key = kiln.new_key()
     with kiln.held("worker-gpu"):  # only the pinned workers consume `gpu`
         job = kiln.submit(key, " ".join(f"w{n}" for n in range(30)))
@@ -197,9 +202,7 @@ def test_a_gpu_worker_is_idle_again_once_its_job_is_canceled(
     # A job that ends with no outcome of its worker's (here: canceled) is not shown idle by the
     # outcome's round trip, but by one of its own.
     _both_announced(kiln)
-    for fake in gpu_ollamas:
-        fake.reset()
-        fake.token_delay = 0.2
+    _pace(gpu_ollamas, token_delay=0.2)
     key = kiln.new_key()
     with kiln.held("worker-gpu"):
         job = kiln.submit(key, " ".join(f"w{n}" for n in range(100)))

@@ -6,11 +6,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.embedded_redis import free_port
+from tests.conftest import own_redis
 from tests.fakes.ollama import FakeOllama
 from tests.harness import eventually, wait_ready
 
@@ -27,6 +30,19 @@ def _marked_env(tmp_path: Path, **extra: str) -> tuple[dict[str, str], str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("KILN_")}
     env.update(KILN_DATA_DIR=str(tmp_path / "data"), KILN_TEST_MARKER=marker, **extra)
     return env, marker
+
+
+@contextmanager
+def _up_env(tmp_path: Path, flower_port: int, **extra: str) -> Iterator[tuple[dict[str, str], str]]:
+    """`_marked_env` for `kiln up`: a Redis of the test's own, the template provider, Flower."""
+    with own_redis(tmp_path / "redis") as redis_server:
+        yield _marked_env(
+            tmp_path,
+            KILN_REDIS_URL=redis_server.url,
+            KILN_LLM_PROVIDER="template",
+            KILN_FLOWER_PORT=str(flower_port),
+            **extra,
+        )
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -84,49 +100,41 @@ def test_demo_uses_ollama_when_it_answers(tmp_path: Path) -> None:
 
 def test_up_serves_until_ctrl_c_then_stops_every_process(tmp_path: Path) -> None:
     port, flower_port = free_port(), free_port()
-    redis_server = EmbeddedRedis(tmp_path / "redis", persist=False)
-    redis_server.start()
-    env, marker = _marked_env(
-        tmp_path,
-        KILN_REDIS_URL=redis_server.url,
-        KILN_LLM_PROVIDER="template",
-        KILN_FLOWER_PORT=str(flower_port),
-        KILN_FLOWER_BASIC_AUTH="ops:secret-words",
-    )
-    up = subprocess.Popen(
-        [*KILN, "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}")
-        key = (tmp_path / "data" / "admin.key").read_text().strip()
-        job = httpx.post(
-            f"http://127.0.0.1:{port}/v1/jobs",
-            json={"kind": "generate", "input": {"prompt": "up"}},
-            headers={"Authorization": f"Bearer {key}"},
+    auth = {"KILN_FLOWER_BASIC_AUTH": "ops:secret-words"}
+    with _up_env(tmp_path, flower_port, **auth) as (env, marker):
+        up = subprocess.Popen(
+            [*KILN, "up", "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        assert job.status_code == 202
-        flower = f"http://127.0.0.1:{flower_port}/"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert httpx.get(flower).status_code == 401
-                assert httpx.get(flower, auth=("ops", "secret-words")).status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "Flower did not start"
-                time.sleep(0.2)
-        assert len(_processes_with(marker)) >= 6  # api, 3 workers (+ pools), reconciler, flower
+        try:
+            wait_ready(f"http://127.0.0.1:{port}")
+            key = (tmp_path / "data" / "admin.key").read_text().strip()
+            job = httpx.post(
+                f"http://127.0.0.1:{port}/v1/jobs",
+                json={"kind": "generate", "input": {"prompt": "up"}},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert job.status_code == 202
+            flower = f"http://127.0.0.1:{flower_port}/"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert httpx.get(flower).status_code == 401
+                    assert httpx.get(flower, auth=("ops", "secret-words")).status_code == 200
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "Flower did not start"
+                    time.sleep(0.2)
+            assert len(_processes_with(marker)) >= 6  # api, 3 workers (+ pools), reconciler, flower
 
-        up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=20)
-    finally:
-        if up.poll() is None:
-            up.kill()
-        redis_server.stop()
+            up.send_signal(signal.SIGINT)
+            output, _ = up.communicate(timeout=20)
+        finally:
+            if up.poll() is None:
+                up.kill()
 
     assert up.returncode == 0, output
     assert f"Kiln API      http://127.0.0.1:{port}" in output
@@ -137,38 +145,30 @@ def test_up_serves_until_ctrl_c_then_stops_every_process(tmp_path: Path) -> None
 
 def test_a_killed_up_leaves_no_kiln_service_running(tmp_path: Path) -> None:
     port = free_port()
-    redis_server = EmbeddedRedis(tmp_path / "redis", persist=False)
-    redis_server.start()
-    env, marker = _marked_env(
-        tmp_path,
-        KILN_REDIS_URL=redis_server.url,
-        KILN_LLM_PROVIDER="template",
-        KILN_FLOWER_PORT=str(free_port()),
-    )
-    up = subprocess.Popen(
-        [*KILN, "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}")
-        # up, fork server, api, 3 workers, reconciler, Flower (exec'd by the fork server)
-        flower = eventually(
-            lambda: [pid for pid in _processes_with(marker) if b"flower" in _cmdline(pid)],
-            "Flower",
+    with _up_env(tmp_path, free_port()) as (env, marker):
+        up = subprocess.Popen(
+            [*KILN, "up", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        assert len(_processes_with(marker)) >= 7
+        try:
+            wait_ready(f"http://127.0.0.1:{port}")
+            # up, fork server, api, 3 workers, reconciler, Flower (exec'd by the fork server)
+            flower = eventually(
+                lambda: [pid for pid in _processes_with(marker) if b"flower" in _cmdline(pid)],
+                "Flower",
+            )
+            assert len(_processes_with(marker)) >= 7
 
-        up.kill()  # no chance to stop its services
-        up.wait()
-        left = _wait_gone(marker, timeout=30)
-    finally:
-        if up.poll() is None:
-            up.kill()
-        for pid in _processes_with(marker):
-            os.kill(pid, signal.SIGKILL)  # this test's own processes, should one be left
-        redis_server.stop()
+            up.kill()  # no chance to stop its services
+            up.wait()
+            left = _wait_gone(marker, timeout=30)
+        finally:
+            if up.poll() is None:
+                up.kill()
+            for pid in _processes_with(marker):
+                os.kill(pid, signal.SIGKILL)  # this test's own processes, should one be left
 
     assert left == []
     assert flower
