@@ -82,13 +82,17 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _timed(lines: Iterator[str], token_of: Callable[[str], bool], started: float) -> Reading:
-    count, first, last = 0, 0.0, 0.0
+def _timed(lines: Iterator[str], text_of: Callable[[str], str], started: float) -> Reading:
+    """Tokens counted in the text the lines carry (the fake's tokens are words, and Kiln may
+    carry several in one event), timed by the lines that carry text."""
+    texts: list[str] = []
+    first, last = 0.0, 0.0
     for line in lines:
-        if token_of(line):
+        if text := text_of(line):
             last = time.perf_counter() - started
             first = first or last
-            count += 1
+            texts.append(text)
+    count = len("".join(texts).split())
     if not count:
         raise RuntimeError("the stream carried no tokens")
     return Reading(count, first, last)
@@ -98,29 +102,31 @@ def read_direct(client: httpx.Client, url: str, prompt: str) -> Reading:
     """Stream the fake's `/api/generate` as Kiln's Ollama provider does."""
     body = {"model": MODEL, "prompt": prompt, "stream": True}
 
-    def is_token(line: str) -> bool:
-        return bool(line.strip()) and bool(json.loads(line).get("response"))
+    def text_of(line: str) -> str:
+        return str(json.loads(line).get("response") or "") if line.strip() else ""
 
     started = time.perf_counter()
     with client.stream("POST", f"{url}/api/generate", json=body) as response:
         response.raise_for_status()
-        return _timed(response.iter_lines(), is_token, started)
+        return _timed(response.iter_lines(), text_of, started)
 
 
 def read_kiln(client: httpx.Client, prompt: str) -> Reading:
-    """Stream `POST /v1/generate` and count its `token` events."""
+    """Stream `POST /v1/generate` and count the tokens of its `token` events."""
     body = {"prompt": prompt, "stream": True}
     events: list[str] = []
 
-    def is_token(line: str) -> bool:
+    def text_of(line: str) -> str:
         if line.startswith("event:"):
             events.append(line.removeprefix("event:").strip())
-        return line.startswith("data:") and events[-1:] == ["token"]
+        if line.startswith("data:") and events[-1:] == ["token"]:
+            return str(json.loads(line.removeprefix("data:"))["delta"])
+        return ""
 
     started = time.perf_counter()
     with client.stream("POST", "/v1/generate", json=body) as response:
         response.raise_for_status()
-        reading = _timed(response.iter_lines(), is_token, started)
+        reading = _timed(response.iter_lines(), text_of, started)
     if events[-1:] != ["done"]:
         raise RuntimeError(f"Kiln's stream ended with {events[-1:]}, not done")
     return reading
