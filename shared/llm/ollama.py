@@ -3,7 +3,6 @@ onto Kiln's errors."""
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -11,29 +10,17 @@ import httpx
 
 from shared.exceptions import JobCanceled, LLMFailed, LLMUnavailable, ModelNotFound
 from shared.llm.base import ChatRequest, GenerateRequest, GenerateResult, StopCheck, TokenSink
+from shared.llm.http_backend import HttpBackend
 
 ProgressSink = Callable[[dict[str, Any]], None]
 """Receives each progress line of a pull (`status`, and `total`/`completed` while downloading)."""
 
 
-class OllamaProvider:
+class OllamaProvider(HttpBackend):
     """Talks to one Ollama server over its native HTTP API."""
 
     name = "ollama"
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        client: httpx.Client | None = None,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 300.0,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        # The read timeout bounds the wait for each streamed line, not the whole generation.
-        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=timeout)
+    server = "Ollama"
 
     def generate(
         self, request: GenerateRequest, *, on_token: TokenSink, should_stop: StopCheck
@@ -74,7 +61,7 @@ class OllamaProvider:
                     return _result("".join(deltas), chunk, fallback_model=body["model"])
                 if should_stop():
                     raise JobCanceled()  # leaving the `with` closes the response
-        raise LLMUnavailable(f"Ollama at {self.base_url}: stream ended before completion")
+        raise LLMUnavailable(f"{self._label}: stream ended before completion")
 
     def list_models(self) -> list[dict[str, Any]]:
         """The models Ollama has pulled, as `/api/tags` lists them."""
@@ -99,7 +86,7 @@ class OllamaProvider:
                     return
                 if should_stop():
                     raise JobCanceled()
-        raise LLMUnavailable(f"Ollama at {self.base_url}: the pull ended before it finished")
+        raise LLMUnavailable(f"{self._label}: the pull ended before it finished")
 
     def delete(self, model: str) -> None:
         """Delete `model` through `/api/delete`; `ModelNotFound` if Ollama has no such model."""
@@ -108,25 +95,6 @@ class OllamaProvider:
                 "DELETE", f"{self.base_url}/api/delete", json={"model": model}
             )
         _raise_for_status(response)
-
-    def close(self) -> None:
-        """Close the HTTP client, unless it was injected (its owner closes it)."""
-        if self._owns_client:
-            self._client.close()
-
-    @contextmanager
-    def _errors_mapped(self) -> Iterator[None]:
-        """Turn httpx's transport errors into `LLMUnavailable`, keeping tracebacks out of it."""
-        try:
-            yield
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-            raise LLMUnavailable(f"Ollama at {self.base_url} could not be reached") from exc
-        except httpx.TimeoutException as exc:
-            raise LLMUnavailable(f"Ollama at {self.base_url} timed out") from exc
-        except httpx.TransportError as exc:  # RemoteProtocolError, ReadError: the peer hung up
-            raise LLMUnavailable(
-                f"Ollama at {self.base_url} dropped the connection: stream ended before completion"
-            ) from exc
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -4,7 +4,6 @@ and maps the server's failures onto Kiln's errors."""
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from shared.llm.base import (
     StopCheck,
     TokenSink,
 )
+from shared.llm.http_backend import HttpBackend
 
 # Options with the same name and meaning in Ollama's `options` and in the Chat Completions body.
 # Others (num_ctx, top_k, ...) are dropped: OpenAI answers 400 to a field it does not know.
@@ -29,10 +29,11 @@ KEY_REJECTED = "the OpenAI-compatible server rejected the API key"
 TRANSIENT_STATUSES = (429, 502, 503, 504)  # rate limits, and proxies or a server starting up
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpBackend):
     """Talks to one server that speaks OpenAI's Chat Completions API."""
 
     name = "openai"
+    server = "the OpenAI-compatible server"
 
     def __init__(
         self,
@@ -43,14 +44,11 @@ class OpenAIProvider:
         connect_timeout: float = 5.0,
         read_timeout: float = 300.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._label = f"the OpenAI-compatible server at {self.base_url}"
+        super().__init__(
+            base_url, client=client, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
         # Sent per request rather than set on the client, so an injected client works too.
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # The read timeout bounds the wait for each streamed chunk, not the whole generation.
-        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-        self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=timeout)
 
     def generate(
         self, request: GenerateRequest, *, on_token: TokenSink, should_stop: StopCheck
@@ -93,25 +91,6 @@ class OpenAIProvider:
         _raise_for_status(response, self._label, model=None)
         models: list[dict[str, Any]] = response.json().get("data", [])
         return models
-
-    def close(self) -> None:
-        """Close the HTTP client, unless it was injected (its owner closes it)."""
-        if self._owns_client:
-            self._client.close()
-
-    @contextmanager
-    def _errors_mapped(self) -> Iterator[None]:
-        """Turn httpx's transport errors into `LLMUnavailable`, keeping tracebacks out of it."""
-        try:
-            yield
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-            raise LLMUnavailable(f"{self._label} could not be reached") from exc
-        except httpx.TimeoutException as exc:
-            raise LLMUnavailable(f"{self._label} timed out") from exc
-        except httpx.TransportError as exc:  # RemoteProtocolError, ReadError: the peer hung up
-            raise LLMUnavailable(
-                f"{self._label} dropped the connection: stream ended before completion"
-            ) from exc
 
 
 @dataclass
