@@ -1,20 +1,24 @@
 """What the benchmarks share: child processes, a fresh embedded Redis, a throwaway Kiln database,
 readings from /proc, and small statistics and tables."""
 
+import argparse
 import contextlib
 import importlib.metadata
 import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 import redis
@@ -312,6 +316,61 @@ def wait_quiet(max_wait_s: float | None = None, window_s: float = 2.0) -> float:
         if time.monotonic() > deadline:
             print(f"  the machine is still {pct:.0f}% busy; measuring anyway", flush=True)
             return pct
+
+
+class Sample(Protocol):
+    """A measurement of one side: its table row, and how busy other programs kept the CPU."""
+
+    other_cpu_pct: float
+
+    def row(self) -> list[object]: ...
+
+
+S = TypeVar("S", bound=Sample)
+
+
+def both_sides(
+    rep: int,
+    sides: tuple[str, str],
+    measure: Callable[[str, EmbeddedRedis, Path], S],
+    args: argparse.Namespace,
+    *,
+    bench: str,
+    headers: Sequence[str],
+    show: Callable[[S], None] = lambda _: None,
+) -> list[S]:
+    """Each side measured against one fresh Redis, flushed before every measurement, `sides[0]`
+    first in even repetitions; returns the samples in `sides` order.
+
+    `measure(side, server, directory)` gets a new directory each time. A measurement during
+    which other programs used more than `args.max_other` % of the CPU is taken again, up to
+    NOISY_RETRIES times. Each sample's row is printed as it comes, then `show(sample)`; the
+    data directory goes at the end unless `args.keep`.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix=f"kiln-bench-{bench}-"))
+    samples: dict[str, S] = {}
+    try:
+        with fresh_redis(data_dir) as server:
+            client = redis.Redis.from_url(server.url)
+            for side in sides if rep % 2 == 0 else sides[::-1]:
+                for attempt in range(1 + NOISY_RETRIES):
+                    client.flushall()
+                    wait_quiet()
+                    sample = measure(side, server, data_dir / f"{side}-{attempt}")
+                    print(table(headers, [sample.row()]).splitlines()[-1], flush=True)
+                    show(sample)
+                    if sample.other_cpu_pct <= args.max_other:
+                        break
+                    again = "again" if attempt < NOISY_RETRIES else "keeping this one"
+                    print(f"  other programs used {sample.other_cpu_pct:.0f}% of the CPU; {again}")
+                samples[side] = sample
+            client.close()
+    finally:
+        if args.keep:
+            print(f"  kept {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return [samples[side] for side in sides]
 
 
 def server_pids(master: int) -> list[int]:

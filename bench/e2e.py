@@ -23,9 +23,7 @@ For each side, in order:
 
 import argparse
 import json
-import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -40,11 +38,10 @@ import uvloop
 
 from bench import anchors
 from bench.common import (
-    NOISY_RETRIES,
     CpuMeter,
     bench_summary,
+    both_sides,
     celery_worker_argv,
-    fresh_redis,
     kiln_env,
     machine,
     median,
@@ -56,7 +53,6 @@ from bench.common import (
     tree,
     uvicorn_argv,
     wait_key,
-    wait_quiet,
     wait_until,
     wait_uvicorn,
     write_summaries,
@@ -328,34 +324,23 @@ def _sample(side: str, drain_rate: float, e2e_rate: float, trips: list[float],
 
 def repetition(rep: int, args: argparse.Namespace) -> list[Sample]:
     """Both sides against one fresh Redis (flushed in between); Kiln first in even ones."""
-    data_dir = Path(tempfile.mkdtemp(prefix="kiln-bench-e2e-"))
     runners = {"kiln": run_kiln, "celery": run_anchor}
-    try:
-        with fresh_redis(data_dir) as server:
-            client = redis.Redis.from_url(server.url)
-            samples = []
-            for side in ["kiln", "celery"] if rep % 2 == 0 else ["celery", "kiln"]:
-                for attempt in range(1 + NOISY_RETRIES):
-                    client.flushall()
-                    wait_quiet()
-                    sample = runners[side](args, server, data_dir / f"{side}-{attempt}")
-                    print(table(HEADERS, [sample.row()]).splitlines()[-1], flush=True)
-                    if sample.segments:
-                        named = zip(SEGMENTS, sample.segments, strict=True)
-                        parts = ", ".join(f"{name} {ms:.2f}" for name, ms in named)
-                        print(f"  Kiln round trip, median ms: {parts}", flush=True)
-                    if sample.other_cpu_pct <= args.max_other:
-                        break
-                    again = "again" if attempt < NOISY_RETRIES else "keeping this one"
-                    print(f"  other programs used {sample.other_cpu_pct:.0f}% of the CPU; {again}")
-                samples.append(sample)
-            client.close()
-        return sorted(samples, key=lambda sample: sample.side != "kiln")
-    finally:
-        if args.keep:
-            print(f"  kept {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def show(sample: Sample) -> None:
+        if sample.segments:
+            named = zip(SEGMENTS, sample.segments, strict=True)
+            parts = ", ".join(f"{name} {ms:.2f}" for name, ms in named)
+            print(f"  Kiln round trip, median ms: {parts}", flush=True)
+
+    return both_sides(
+        rep,
+        ("kiln", "celery"),
+        lambda side, server, data_dir: runners[side](args, server, data_dir),
+        args,
+        bench="e2e",
+        headers=HEADERS,
+        show=show,
+    )
 
 
 def summary(runs: list[list[Sample]]) -> str:

@@ -11,20 +11,16 @@ process, separate from the servers.
 
 import argparse
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import uvloop
 
 from bench.common import (
-    NOISY_RETRIES,
     CpuMeter,
     bench_summary,
-    fresh_redis,
+    both_sides,
     kiln_env,
     machine,
     median,
@@ -36,12 +32,11 @@ from bench.common import (
     server_pids,
     table,
     uvicorn_argv,
-    wait_quiet,
     wait_uvicorn,
     write_summaries,
 )
 from bench.loadgen import LoadClient, Phase, build_request
-from shared.embedded_redis import free_port
+from shared.embedded_redis import EmbeddedRedis, free_port
 
 PROMPT = "Say hello to the benchmark"
 BODY = json.dumps({"kind": "generate", "input": {"prompt": PROMPT}}).encode()
@@ -129,36 +124,16 @@ def measure(
 
 def repetition(rep: int, args: argparse.Namespace) -> list[Sample]:
     """Both servers against one fresh Redis; Kiln first in even repetitions."""
-    data_dir = Path(tempfile.mkdtemp(prefix="kiln-bench-submit-"))
-    try:
-        with fresh_redis(data_dir) as server:
-            assert server.process is not None
-            client = redis.Redis.from_url(server.url)
-            order = ["kiln", "anchor"] if rep % 2 == 0 else ["anchor", "kiln"]
-            samples = []
-            for target in order:
-                for attempt in range(1 + NOISY_RETRIES):
-                    client.flushall()
-                    wait_quiet()
-                    if target == "kiln":
-                        env = kiln_env(data_dir / f"kiln-{attempt}", server.url)
-                        prepare_kiln(env)
-                    else:
-                        env = {"BENCH_REDIS_URL": server.url}
-                    sample = measure(target, args, env, server.process.pid, data_dir / "logs")
-                    print(table(HEADERS, [sample.row()]).splitlines()[-1], flush=True)
-                    if sample.other_cpu_pct <= args.max_other:
-                        break
-                    again = "again" if attempt < NOISY_RETRIES else "keeping this one"
-                    print(f"  other programs used {sample.other_cpu_pct:.0f}% of the CPU; {again}")
-                samples.append(sample)
-            client.close()
-        return sorted(samples, key=lambda sample: sample.target != "kiln")
-    finally:
-        if args.keep:
-            print(f"  kept {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+
+    def measure_side(target: str, server: EmbeddedRedis, data_dir: Path) -> Sample:
+        assert server.process is not None
+        env = {"BENCH_REDIS_URL": server.url}
+        if target == "kiln":
+            env = kiln_env(data_dir, server.url)
+            prepare_kiln(env)
+        return measure(target, args, env, server.process.pid, data_dir / "logs")
+
+    return both_sides(rep, ("kiln", "anchor"), measure_side, args, bench="submit", headers=HEADERS)
 
 
 def summary(runs: list[list[Sample]]) -> str:
