@@ -21,7 +21,7 @@ STREAM_TTL_S = 24 * 3600  # a job's stream expires this long after its last stat
 
 EVENT_STATUS = "status"  # {"status", "attempt"}; a terminal one also has "result" or "error"
 EVENT_PROGRESS = "progress"  # free-form progress of a running job
-EVENT_TOKEN = "token"  # {"delta": "..."}: the text generated since the previous token event
+EVENT_TOKEN = "token"  # {"delta": "..."}: text generated so far, in order
 
 
 @dataclass(frozen=True)
@@ -83,17 +83,16 @@ def queue_status(pipe: "redis.client.Pipeline", job: Job) -> None:
 
 
 def append_tokens(client: "redis.Redis", job_id: str, deltas: list[str]) -> None:
-    """Append the deltas as one token event, in one round trip."""
+    """Append token events, one per delta, in one round trip."""
     pipe = client.pipeline(transaction=False)
     queue_tokens(pipe, job_id, deltas)
     pipe.execute()
 
 
 def queue_tokens(pipe: "redis.client.Pipeline", job_id: str, deltas: list[str]) -> None:
-    """Add one token event holding the deltas' text, in order, to a pipeline the caller
-    executes: tokens that came together reach a reader together, at the cost of one event."""
-    if deltas:
-        _add(pipe, job_id, EVENT_TOKEN, {"delta": "".join(deltas)}, refresh=False)
+    """Add token events, one per delta, to a pipeline the caller executes."""
+    for delta in deltas:
+        _add(pipe, job_id, EVENT_TOKEN, {"delta": delta}, refresh=False)
 
 
 def _decode(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Event:

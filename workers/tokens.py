@@ -1,5 +1,5 @@
 """Token events on their way to a job's stream: sent at once when they come slowly, gathered
-into one event per TOKEN_BATCH_S when they come fast, and the last ones with the job's
+into one round trip per TOKEN_BATCH_S when they come fast, and the last ones with the job's
 outcome."""
 
 import threading
@@ -13,7 +13,7 @@ from shared.broker import get_redis
 from shared.lifecycle import side_step
 from workers.timers import Timer
 
-TOKEN_BATCH_S = 0.01  # the longest a token waits for others to share its event
+TOKEN_BATCH_S = 0.01  # the longest a token waits for others to share its round trip
 FLUSHES = Timer("kiln-tokens")  # the delayed flushes of every job of the process
 
 

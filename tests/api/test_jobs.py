@@ -35,6 +35,7 @@ def test_generate_job_succeeds_and_streams_tokens_in_order(
     assert statuses == ["queued", "running", "succeeded"]
     tokens = [event.data["delta"] for event in events if event.event == "token"]
     assert "".join(tokens) == "Echo: one two three four"
+    assert len(tokens) == 5
     assert events[-1].event == "status"
     ids = [event.id for event in events]
     assert len(set(ids)) == len(ids)

@@ -88,8 +88,8 @@ def test_llm_errors_fail_the_job_with_their_code(kiln: Kiln, fake_ollama: FakeOl
     failed = kiln.wait_for(key, broken["id"])
     assert failed["status"] == "failed"
     assert failed["error"] == {"code": "llm_error", "message": fake_ollama.error_message}
-    tokens = [e.data["delta"] for e in kiln.events(key, broken["id"]) if e.event == "token"]
-    assert "".join(tokens) == "Echo: a"
+    tokens = [e for e in kiln.events(key, broken["id"]) if e.event == "token"]
+    assert len(tokens) == 2
 
     fake_ollama.error_after = None
     fake_ollama.disconnect_after = 3
