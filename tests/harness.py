@@ -125,6 +125,14 @@ def eventually(check: Callable[[], T | None], what: str, timeout: float = 30) ->
     return value
 
 
+def cmdline(pid: int) -> bytes:
+    """A process's command line as /proc has it (NUL-separated); empty once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def wait_ready(url: str, timeout: float = READY_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     last = "no answer"

@@ -10,12 +10,14 @@ import pytest
 import redis
 
 from shared.embedded_redis import EmbeddedRedis
+from tests.harness import cmdline
 
 ONE_DATABASE = True  # no database here
 OWNER = """
 import sys, time
 from pathlib import Path
 from shared.embedded_redis import EmbeddedRedis
+from tests.harness import cmdline
 print(EmbeddedRedis(Path(sys.argv[1])).start(), flush=True)
 time.sleep(600)
 """
@@ -64,7 +66,4 @@ def test_a_directory_whose_owner_lives_is_refused_and_its_server_left_alone(
 
 
 def _running(pid: int) -> bool:
-    try:
-        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return b"redis-server" in cmdline(pid)

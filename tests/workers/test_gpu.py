@@ -89,6 +89,14 @@ def _pace(fakes: list[FakeOllama], *, token_delay: float) -> None:
         fake.token_delay = token_delay
 
 
+def _wait_all_idle(kiln: Kiln) -> None:
+    eventually(
+        lambda: all(w["state"] == "idle" for w in _gpu_workers(kiln).values()),
+        "idle workers",
+        timeout=WAIT_S,
+    )
+
+
 def _pid(kiln: Kiln, hostname: str) -> int | None:
     """The worker's main process, from its registry record (gone once the record expires)."""
     info = kiln.redis.hget(keys.worker_heartbeat(hostname), INFO_FIELD)
@@ -143,11 +151,7 @@ def test_a_gpu_worker_is_busy_with_its_job_then_idle(
         assert [w["job_id"] for w in busy] == [job["id"]]
         assert kiln.wait_for(key, job["id"])["status"] == "succeeded"
 
-    eventually(
-        lambda: all(w["state"] == "idle" for w in _gpu_workers(kiln).values()),
-        "idle workers",
-        timeout=WAIT_S,
-    )
+    _wait_all_idle(kiln)
     # The job went to the Ollama of the GPU whose worker ran it, and to no other.
     served_by = [gpu for gpu, fake in zip(GPUS, gpu_ollamas, strict=True) if fake.requests]
     assert served_by == [busy[0]["gpu_index"]]
@@ -214,8 +218,4 @@ def test_a_gpu_worker_is_idle_again_once_its_job_is_canceled(
         kiln.client(key).post(f"/v1/jobs/{job['id']}/cancel").raise_for_status()
         assert kiln.wait_for(key, job["id"])["status"] == "canceled"
 
-        eventually(
-            lambda: all(w["state"] == "idle" for w in _gpu_workers(kiln).values()),
-            "idle workers",
-            timeout=WAIT_S,
-        )
+        _wait_all_idle(kiln)

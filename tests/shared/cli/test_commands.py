@@ -15,7 +15,7 @@ import httpx
 from shared.embedded_redis import free_port
 from tests.conftest import own_redis
 from tests.fakes.ollama import FakeOllama
-from tests.harness import eventually, wait_ready
+from tests.harness import cmdline, eventually, wait_ready
 
 KILN = [sys.executable, "-m", "shared.cli"]
 
@@ -58,13 +58,6 @@ def _processes_with(marker: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _wait_gone(marker: str, timeout: float) -> list[int]:
@@ -156,7 +149,7 @@ def test_a_killed_up_leaves_no_kiln_service_running(tmp_path: Path) -> None:
             wait_ready(f"http://127.0.0.1:{port}")
             # up, fork server, api, 3 workers, reconciler, Flower (exec'd by the fork server)
             flower = eventually(
-                lambda: [pid for pid in _processes_with(marker) if b"flower" in _cmdline(pid)],
+                lambda: [pid for pid in _processes_with(marker) if b"flower" in cmdline(pid)],
                 "Flower",
             )
             assert len(_processes_with(marker)) >= 7
