@@ -1,6 +1,8 @@
 """The `kiln` commands as a user runs them: real processes, checked from the outside."""
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.embedded_redis import free_port
 from tests.conftest import own_redis
@@ -165,6 +168,37 @@ def test_a_killed_up_leaves_no_kiln_service_running(tmp_path: Path) -> None:
 
     assert left == []
     assert flower
+
+
+def _own_network() -> list[str]:
+    """A command prefix that runs a command with a loopback of its own, where nothing answers
+    on Redis's port; skips the test where the machine does not allow it (it needs root)."""
+    prefix = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    if shutil.which("unshare") is None or _run([*prefix, "true"], dict(os.environ)).returncode:
+        pytest.skip("cannot give a command a network of its own here (unshare --net)")
+    return prefix
+
+
+def test_up_says_why_it_cannot_start_its_embedded_redis_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    # No Redis answers in the command's own network, so `kiln up` starts the embedded one,
+    # whose directory this test holds as another running Kiln would.
+    prefix = _own_network()
+    env, marker = _marked_env(tmp_path, KILN_LLM_PROVIDER="template")
+    redis_dir = tmp_path / "data" / "redis"
+    redis_dir.mkdir(parents=True)
+    with (redis_dir / "redis.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = _run([*prefix, *KILN, "up", "--no-flower"], env)
+
+    assert done.returncode != 0
+    assert (
+        f"Kiln cannot start: another running Kiln uses the embedded Redis in {redis_dir}"
+        in done.stderr
+    ), done.stderr
+    assert "Traceback" not in done.stderr
+    assert _wait_gone(marker, timeout=5) == []
 
 
 def test_keys_and_migrate_commands(tmp_path: Path) -> None:
