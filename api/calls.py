@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import service
 from api.errors import error_response
-from api.event_stream import events_of, wait_until_done
+from api.event_stream import event_batches, wait_until_done
 from shared import crud
 from shared.config import Settings
 from shared.db import open_session
@@ -94,28 +94,40 @@ def error_status(job: Job) -> tuple[int, dict[str, str]]:
     return STATUS_FOR_ERROR.get(error["code"], 502), error
 
 
-async def tokens(job_id: str, api_key: ApiKey) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """`("token", {"delta"})` for each token, then `("done", <result>)` or `("error", <error>)`.
+Part = tuple[str, dict[str, Any]]
+"""`("token", {"delta"})`, or at the end `("done", <result>)` or `("error", <error>)`."""
+
+
+async def tokens(job_id: str, api_key: ApiKey) -> AsyncIterator[list[Part]]:
+    """The job's pieces, in the batches its event stream gives them: a route writes each batch
+    at once, in the framing of its format (still one event or line per token).
 
     A consumer that stops early (its client hung up) cancels the job, which frees its GPU.
     """
     ended = False
     try:
-        async for event in events_of(job_id, None):
-            if event.type == EVENT_TOKEN:
-                yield "token", event.data
-            elif event.is_terminal:
-                ended = True
-                result = event.data.get("result")
-                if event.data["status"] == "succeeded" and result:
-                    yield "done", result
-                else:
-                    yield "error", {**(event.data.get("error") or {}), "job_id": job_id}
+        async for batch in event_batches(job_id, None):
+            pieces: list[Part] = []
+            for event in batch:
+                if event.type == EVENT_TOKEN:
+                    pieces.append(("token", event.data))
+                elif event.is_terminal:
+                    ended = True
+                    pieces.append(_end(job_id, event.data))
+            if pieces:
+                yield pieces
     finally:
         if not ended:
             # The disconnect cancelled the caller's scope; the cancel must still happen.
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(_cancel, job_id, api_key)
+
+
+def _end(job_id: str, status: dict[str, Any]) -> Part:
+    result = status.get("result")
+    if status["status"] == "succeeded" and result:
+        return "done", result
+    return "error", {**(status.get("error") or {}), "job_id": job_id}
 
 
 def usage(result: dict[str, Any]) -> dict[str, Any]:

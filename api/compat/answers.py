@@ -50,19 +50,25 @@ def streamed(
 
 async def _events(
     job_id: str, api_key: ApiKey, piece: Piece, end: dict[str, Any]
-) -> AsyncIterator[ServerSentEvent]:
-    async for kind, data in calls.tokens(job_id, api_key):
-        if kind == "token":
-            sent = piece(data["delta"])
-        elif kind == "done":
-            sent = end
-        else:
-            sent = {
-                "error": {
-                    "code": data.get("code", "job_failed"),
-                    "message": data.get("message", "the job failed"),
-                    "details": {"job_id": job_id},
-                }
+) -> AsyncIterator[bytes]:
+    async for parts in calls.tokens(job_id, api_key):
+        yield b"".join(_event(job_id, piece, end, kind, data).encode() for kind, data in parts)
+
+
+def _event(
+    job_id: str, piece: Piece, end: dict[str, Any], kind: str, data: dict[str, Any]
+) -> ServerSentEvent:
+    if kind == "token":
+        sent = piece(data["delta"])
+    elif kind == "done":
+        sent = end
+    else:
+        sent = {
+            "error": {
+                "code": data.get("code", "job_failed"),
+                "message": data.get("message", "the job failed"),
+                "details": {"job_id": job_id},
             }
-        # json.dumps's default spacing and bare `\n` line ends, as the formats' servers send.
-        yield ServerSentEvent(data=json.dumps(sent), sep="\n")
+        }
+    # json.dumps's default spacing and bare `\n` line ends, as the formats' servers send.
+    return ServerSentEvent(data=json.dumps(sent), sep="\n")

@@ -269,19 +269,20 @@ class _Call:
         first = await anext(events, None)
         if first is None:  # the stream ended without a terminal event: never expected
             return error(502, f"the job's events ended early (job {job_id})")
-        kind, data = first
+        kind, data = first[0]
         if kind == "error":
             status = calls.STATUS_FOR_ERROR.get(data.get("code", ""), 502)
             return error(status, self._message(data))
         return StreamingResponse(self._lines(first, events), media_type=NDJSON)
 
     async def _lines(
-        self, first: tuple[str, dict[str, Any]], rest: AsyncIterator[tuple[str, dict[str, Any]]]
+        self, first: list[calls.Part], rest: AsyncIterator[list[calls.Part]]
     ) -> AsyncIterator[str]:
-        yield self._line(*first)
+        """A line per token, the lines of each batch in one write."""
+        yield "".join(self._line(kind, data) for kind, data in first)
         # If the client hangs up, this stops being iterated and `calls.tokens` cancels the job.
-        async for kind, data in rest:
-            yield self._line(kind, data)
+        async for parts in rest:
+            yield "".join(self._line(kind, data) for kind, data in parts)
 
     def _line(self, kind: str, data: dict[str, Any]) -> str:
         if kind == "token":

@@ -257,7 +257,7 @@ async def _stream(job: Job, api_key: ApiKey, model: str, include_usage: bool, pe
     events = calls.tokens(job.id, api_key)
     first = asyncio.ensure_future(_next(events))
     await asyncio.wait({first}, timeout=peek_s)
-    if first.done() and first.result()[0] == "error":
+    if first.done() and first.result()[0][0] == "error":
         await _close(events)
         done = await calls.finished(job, peek_s)
         if done is not None:
@@ -266,20 +266,21 @@ async def _stream(job: Job, api_key: ApiKey, model: str, include_usage: bool, pe
     return EventSourceResponse(chunks, ping=15, sep="\n")
 
 
-async def _next(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+async def _next(events: AsyncIterator[list[calls.Part]]) -> list[calls.Part]:
     return await anext(events)
 
 
 async def _chunks(
     job: Job,
-    events: AsyncIterator[tuple[str, dict[str, Any]]],
-    first: "asyncio.Future[tuple[str, dict[str, Any]]]",
+    events: AsyncIterator[list[calls.Part]],
+    first: "asyncio.Future[list[calls.Part]]",
     model: str,
     include_usage: bool,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[bytes]:
     """A role chunk, a chunk per token, a chunk with the finish reason, the usage chunk when
     asked for, then `[DONE]`; a failure mid-stream is an `{"error"}` event (which OpenAI's
-    clients raise). A client that hangs up stops `events`, which cancels the job."""
+    clients raise). The chunks of a batch of tokens go out in one write. A client that hangs
+    up stops `events`, which cancels the job."""
     base: dict[str, Any] = {
         "id": _completion_id(job),
         "object": "chat.completion.chunk",
@@ -293,28 +294,30 @@ async def _chunks(
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return ServerSentEvent(data=calls.dumps({**base, "choices": [choice]}))
 
+    def said(kind: str, data: dict[str, Any]) -> list[ServerSentEvent]:
+        if kind == "token":
+            return [chunk({"content": data["delta"]})]
+        if kind == "done":
+            sent = [chunk({}, _finish_reason(data))]
+            if include_usage:
+                usage = {**base, "choices": [], "usage": _usage(data).model_dump()}
+                sent.append(ServerSentEvent(data=calls.dumps(usage)))
+            return [*sent, ServerSentEvent(data="[DONE]")]
+        error = {
+            "code": data.get("code", "job_failed"),
+            "message": data.get("message", "the job failed"),
+            "details": {"job_id": job.id},
+        }
+        return [ServerSentEvent(data=calls.dumps({"error": error}))]
+
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        kind, data = await first
+        yield chunk({"role": "assistant", "content": ""}).encode()
+        parts = await first
         while True:
-            if kind == "token":
-                yield chunk({"content": data["delta"]})
-            elif kind == "done":
-                yield chunk({}, _finish_reason(data))
-                if include_usage:
-                    usage = _usage(data).model_dump()
-                    yield ServerSentEvent(data=calls.dumps({**base, "choices": [], "usage": usage}))
-                yield ServerSentEvent(data="[DONE]")
+            yield b"".join(event.encode() for kind, data in parts for event in said(kind, data))
+            if parts[-1][0] != "token":  # only a batch's last part can end the stream
                 return
-            else:
-                error = {
-                    "code": data.get("code", "job_failed"),
-                    "message": data.get("message", "the job failed"),
-                    "details": {"job_id": job.id},
-                }
-                yield ServerSentEvent(data=calls.dumps({"error": error}))
-                return
-            kind, data = await anext(events)
+            parts = await anext(events)
     finally:
         if first.done():
             await _close(events)
@@ -323,7 +326,7 @@ async def _chunks(
             first.cancel()
 
 
-async def _close(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> None:
+async def _close(events: AsyncIterator[list[calls.Part]]) -> None:
     """Stop the token stream; `calls.tokens` cancels the job if it had not ended."""
     if isinstance(events, AsyncGenerator):
         await events.aclose()

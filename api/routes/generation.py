@@ -62,11 +62,15 @@ async def _call(
     return await calls.answer_when_done(job, settings.sync_timeout_s, base_url)
 
 
-async def _events(job_id: str, api_key: ApiKey) -> AsyncIterator[ServerSentEvent]:
+async def _events(job_id: str, api_key: ApiKey) -> AsyncIterator[bytes]:
     """`token` events, then `done` (response and usage) or `error`."""
-    async for kind, data in calls.tokens(job_id, api_key):
-        sent = data
-        if kind == "done":
-            fields = {k: data.get(k) for k in ("model", "provider", "response", "cached")}
-            sent = {"job_id": job_id, **fields, "usage": calls.usage(data)}
-        yield ServerSentEvent(data=calls.dumps(sent), event=kind)
+    async for parts in calls.tokens(job_id, api_key):
+        yield b"".join(_event(job_id, kind, data).encode() for kind, data in parts)
+
+
+def _event(job_id: str, kind: str, data: dict[str, Any]) -> ServerSentEvent:
+    sent = data
+    if kind == "done":
+        fields = {k: data.get(k) for k in ("model", "provider", "response", "cached")}
+        sent = {"job_id": job_id, **fields, "usage": calls.usage(data)}
+    return ServerSentEvent(data=calls.dumps(sent), event=kind)
