@@ -99,7 +99,7 @@ Part = tuple[str, dict[str, Any]]
 
 
 async def tokens(job_id: str, api_key: ApiKey) -> AsyncIterator[list[Part]]:
-    """The job's pieces, in the batches its event stream gives them: a route writes each batch
+    """The job's parts, in the batches its event stream gives them: a route writes each batch
     at once, in the framing of its format (still one event or line per token).
 
     A consumer that stops early (its client hung up) cancels the job, which frees its GPU.
@@ -107,15 +107,15 @@ async def tokens(job_id: str, api_key: ApiKey) -> AsyncIterator[list[Part]]:
     ended = False
     try:
         async for batch in event_batches(job_id, None):
-            pieces: list[Part] = []
+            parts: list[Part] = []
             for event in batch:
                 if event.type == EVENT_TOKEN:
-                    pieces.append(("token", event.data))
+                    parts.append(("token", event.data))
                 elif event.is_terminal:
                     ended = True
-                    pieces.append(_end(job_id, event.data))
-            if pieces:
-                yield pieces
+                    parts.append(_end(job_id, event.data))
+            if parts:
+                yield parts
     finally:
         if not ended:
             # The disconnect cancelled the caller's scope; the cancel must still happen.
