@@ -83,8 +83,9 @@ def _answers(url: str) -> bool:
 
 
 def _timed(lines: Iterator[str], text_of: Callable[[str], str], started: float) -> Reading:
-    """Tokens counted in the text the lines carry (the fake's tokens are words, and Kiln may
-    carry several in one event), timed by the lines that carry text."""
+    """Tokens counted as the words of the text the lines carry (the fake's tokens are words),
+    so both sides count alike however their lines split the text; timed by the lines that
+    carry text."""
     texts: list[str] = []
     first, last = 0.0, 0.0
     for line in lines:

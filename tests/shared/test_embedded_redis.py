@@ -17,7 +17,6 @@ OWNER = """
 import sys, time
 from pathlib import Path
 from shared.embedded_redis import EmbeddedRedis
-from tests.harness import cmdline
 print(EmbeddedRedis(Path(sys.argv[1])).start(), flush=True)
 time.sleep(600)
 """
